@@ -1,0 +1,22 @@
+"""Instant feedback for the notebook exercises.
+
+Each ``check_*`` function runs a learner's function on small inputs, compares it with
+the package's reference implementation, and *says in words* what is wrong: a wrong
+shape, noise at the wrong scale, t indexed off by one, a missing clip. It prints its
+verdict and never raises, so "Run all" keeps going; the graded test cell that follows
+is the one that counts.
+
+Every check returns a :class:`CheckResult`, true when everything passed.
+One submodule per phase: ``forward`` (Phase 1), ``unet`` (Phase 2), ``training`` (Phase 3).
+"""
+
+from ._core import CheckResult
+from .forward import check_cosine_schedule, check_linear_schedule, check_q_posterior, check_q_sample
+
+__all__ = [
+    "CheckResult",
+    "check_cosine_schedule",
+    "check_linear_schedule",
+    "check_q_posterior",
+    "check_q_sample",
+]

@@ -1,0 +1,184 @@
+"""Pictures: image grids, the forward process as a strip, and schedule curves.
+
+Every function returns the matplotlib ``Figure`` it drew (and never calls ``plt.show``),
+so notebooks display it and tests can inspect it. Images are expected as tensors in
+[-1, 1], the range the whole course uses, shaped ``[B, C, H, W]`` or ``[C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .diffusion import q_sample
+from .schedules import NoiseSchedule, get_schedule
+
+
+def to_display(images: torch.Tensor) -> np.ndarray:
+    """Map images from [-1, 1] to a NumPy array in [0, 1] ready for ``imshow``.
+
+    Args:
+        images: ``[C, H, W]`` or ``[B, C, H, W]`` float tensor (values outside [-1, 1]
+            are clipped, as a noised image at large t has them).
+
+    Returns:
+        ``[H, W]`` for one grey image, ``[H, W, 3]`` for one colour image, or the batch
+        version with a leading ``B``.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ValueError("images must be a torch.Tensor in [-1, 1]")
+    x = images.detach().float().cpu().clamp(-1, 1).add(1).div(2)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape [B, 1|3, H, W] or [1|3, H, W], got {tuple(images.shape)}")
+    x = x.permute(0, 2, 3, 1).numpy()
+    if x.shape[-1] == 1:
+        x = x[..., 0]
+    return x[0] if images.ndim == 3 else x
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """Tile a batch ``[B, C, H, W]`` into one image ``[C, H', W']`` (still in [-1, 1]).
+
+    ``nrow`` images per row; by default the grid is as square as possible. Padding is
+    white (+1) so dark images stay separated.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"make_grid expects [B, C, H, W], got {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    ncol = math.ceil(b / nrow)
+    grid = images.new_ones(c, ncol * (h + padding) + padding, nrow * (w + padding) + padding)
+    for i in range(b):
+        r, q = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def show_images(
+    images: torch.Tensor,
+    nrow: int | None = None,
+    title: str | None = None,
+    labels: Sequence[str] | None = None,
+    size: float = 1.2,
+) -> Figure:
+    """Show a batch of images ``[B, C, H, W]`` in [-1, 1] as a grid of small panels.
+
+    With ``labels`` each panel gets a caption (e.g. class names).
+    """
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    b = images.shape[0]
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    ncol = math.ceil(b / nrow)
+    fig, axes = plt.subplots(ncol, nrow, figsize=(size * nrow, size * ncol + (0.4 if title else 0)))
+    axes = np.atleast_1d(axes).ravel()
+    pictures = to_display(images)
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i < b:
+            ax.imshow(pictures[i], cmap="gray" if pictures[i].ndim == 2 else None, vmin=0, vmax=1)
+            if labels is not None:
+                ax.set_title(str(labels[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def forward_process_strip(
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int] = (0, 50, 100, 250, 500, 750, 999),
+    generator: torch.Generator | None = None,
+    size: float = 1.5,
+) -> Figure:
+    """Draw one image noised to several timesteps, left to right, with alpha-bar under each.
+
+    Args:
+        x0: one image ``[C, H, W]`` or a batch ``[B, C, H, W]`` (one row per image), in [-1, 1].
+        schedule: the schedule used to noise.
+        timesteps: which t to show; each must be in ``[0, T-1]``.
+        generator: makes the noise reproducible. The *same* noise is used for every t, so
+            the strip shows one path getting noisier, not unrelated samples.
+    """
+    if x0.ndim == 3:
+        x0 = x0.unsqueeze(0)
+    ts = [int(t) for t in timesteps]
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    rows, cols = x0.shape[0], len(ts)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), squeeze=False)
+    for j, t in enumerate(ts):
+        tt = torch.full((rows,), t, dtype=torch.long)
+        xt = q_sample(x0, tt, noise, schedule)
+        pictures = to_display(xt)
+        for i in range(rows):
+            ax = axes[i, j]
+            ax.imshow(pictures[i], cmap="gray" if pictures[i].ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"t={t}", fontsize=9)
+            if i == rows - 1:
+                ax.set_xlabel(f"ᾱ={schedule.alphas_cumprod[t].item():.3f}", fontsize=8)
+    fig.suptitle(f"forward process, {schedule.name} schedule")
+    fig.tight_layout()
+    return fig
+
+
+def plot_schedules(
+    schedules: Sequence[NoiseSchedule | str] = ("linear", "cosine", "sigmoid"),
+    timesteps: int = 1000,
+) -> Figure:
+    """Plot alpha-bar_t and log SNR(t) for several schedules side by side.
+
+    ``schedules`` may hold :class:`NoiseSchedule` objects or names (built with
+    ``timesteps`` steps). The x axis is t / T so schedules of different lengths compare.
+    """
+    fig, (ax_ab, ax_snr) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for item in schedules:
+        s = get_schedule(item, timesteps) if isinstance(item, str) else item
+        u = np.arange(s.timesteps) / s.timesteps
+        ax_ab.plot(u, s.alphas_cumprod.numpy(), label=s.name)
+        ax_snr.plot(u, s.log_snr().numpy(), label=s.name)
+    ax_ab.set(xlabel="t / T", ylabel="ᾱ_t (signal kept)", title="ᾱ_t = ∏ (1 - β_s)")
+    ax_snr.set(xlabel="t / T", ylabel="log SNR(t)", title="log SNR = log ᾱ / (1 - ᾱ)")
+    ax_snr.axhline(0.0, color="grey", lw=0.8, ls=":")
+    for ax in (ax_ab, ax_snr):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def noise_histogram(
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int] = (0, 250, 500, 999),
+    generator: torch.Generator | None = None,
+) -> Figure:
+    """Histogram of pixel values of ``x0`` noised to several t, against N(0, 1).
+
+    Shows the marginal of x_t drifting from the data distribution to a standard normal.
+    """
+    if x0.ndim == 3:
+        x0 = x0.unsqueeze(0)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bins = np.linspace(-4, 4, 81)
+    for t in timesteps:
+        xt = q_sample(x0, torch.full((x0.shape[0],), int(t), dtype=torch.long), noise, schedule)
+        ax.hist(xt.flatten().numpy(), bins=bins, density=True, histtype="step", label=f"t={t}")
+    grid = np.linspace(-4, 4, 200)
+    ax.plot(grid, np.exp(-(grid**2) / 2) / math.sqrt(2 * math.pi), "k--", lw=1, label="N(0, 1)")
+    ax.set(xlabel="pixel value", ylabel="density", title="x_t drifts towards N(0, I)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
