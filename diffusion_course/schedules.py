@@ -268,3 +268,12 @@ def check_timesteps(t: torch.Tensor, timesteps: int) -> None:
 def _check_timesteps(timesteps: int) -> None:
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
+
+
+def first_t_below(schedule: NoiseSchedule, level: float) -> int:
+    """The first timestep t with alpha_bar_t < ``level``; ``schedule.timesteps`` if there is none.
+
+    ``first_t_below(s, 0.5)`` is where signal and noise have equal variance (SNR = 1).
+    """
+    below = (schedule.alphas_cumprod < level).nonzero()
+    return int(below[0]) if len(below) else schedule.timesteps

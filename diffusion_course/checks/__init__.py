@@ -11,11 +11,18 @@ One submodule per phase: ``forward`` (Phase 1), ``unet`` (Phase 2), ``training``
 """
 
 from ._core import CheckResult
-from .forward import check_cosine_schedule, check_linear_schedule, check_q_posterior, check_q_sample
+from .forward import (
+    check_cosine_schedule,
+    check_first_t_below,
+    check_linear_schedule,
+    check_q_posterior,
+    check_q_sample,
+)
 
 __all__ = [
     "CheckResult",
     "check_cosine_schedule",
+    "check_first_t_below",
     "check_linear_schedule",
     "check_q_posterior",
     "check_q_sample",

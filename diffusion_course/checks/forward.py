@@ -142,11 +142,15 @@ def check_q_sample(fn: Callable) -> CheckResult:
         if _close(out, wrong):
             result.problems.append(message)
             return result.report()
-    other = torch.randn_like(noise)
-    out2 = _call(result, fn, x0, t, other, schedule)
-    if isinstance(out2, torch.Tensor) and _close(out2, out):
-        result.problems.append("the result ignores the `noise` argument: use the noise you are given, "
-                               "do not draw new noise.")
+    # Right signal, but noise that is not the given one: the residual is noise of the right
+    # size that does not correlate with `noise`.
+    sigma = (1 - ab[t]).sqrt().float().view(-1, 1, 1, 1)
+    residual = (out.double() - (ab[t].sqrt().view(-1, 1, 1, 1) * x0.double()))[1:] / sigma[1:]
+    corr = torch.nn.functional.cosine_similarity(residual.flatten(), noise[1:].double().flatten(), dim=0)
+    if corr.abs() < 0.5 and 0.7 < residual.std() < 1.3:
+        result.problems.append(
+            "the result ignores the `noise` argument: use the noise you are given, do not draw new noise."
+        )
     else:
         result.problems.append(
             "x_t differs from sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise "
@@ -203,4 +207,33 @@ def check_q_posterior(fn: Callable) -> CheckResult:
             result.problems.append("the mean is right at t = 0 but wrong for larger t: check eq. 7's coefficients.")
         else:
             result.problems.append("the mean differs from mu_tilde_t (DDPM eq. 7); at t = 0 it must equal x0.")
+    return result.report()
+
+
+def check_first_t_below(fn: Callable) -> CheckResult:
+    """Check ``fn(schedule, level) -> int``: the first t with alpha_bar_t < level."""
+    result = CheckResult("first_t_below")
+    cases = [("linear", 0.5), ("cosine", 0.5), ("cosine", 0.01), ("linear", 1e-30), ("sigmoid", 1.0)]
+    for name, level in cases:
+        s = schedules.get_schedule(name, 1000)
+        got = _call(result, fn, s, level)
+        if result.problems:
+            return result.report()
+        below = (s.alphas_cumprod < level).nonzero()
+        expected = int(below[0]) if len(below) else s.timesteps
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            result.problems.append("return a plain Python int: wrap the index in int(...).")
+            return result.report()
+        if not isinstance(got, int):
+            result.problems.append(f"return an int, got {type(got).__name__}.")
+            return result.report()
+        if got != expected:
+            if got == expected - 1 or got == expected + 1:
+                hint = "off by one: the first t where alpha_bar_t < level, not the last one above it."
+            elif expected == s.timesteps:
+                hint = "when alpha_bar never drops below the level, return schedule.timesteps."
+            else:
+                hint = f"for the {name} schedule and level {level} expected t = {expected}, got {got}."
+            result.problems.append(hint)
+            return result.report()
     return result.report()

@@ -1,0 +1,180 @@
+"""The grading round trip and notebook hygiene, for every phase notebook.
+
+1. Regenerating notebooks/ from solutions/ gives exactly the committed files.
+2. Autograding a copy of each solution scores full marks; an untouched student copy scores 0
+   (both read from the gradebook: nbgrader exits 0 even when tests fail).
+3. nbgrader's validator in invert mode on the student notebooks: nothing passes yet.
+4. Structure: every exercise is an answer cell, then an instant check, then a graded test.
+5. Hygiene: no outputs, execution counts or widget state committed; no solutions leak.
+
+Executing the solution notebooks themselves is nbval's job (``make test`` passes
+``solutions/`` with ``--nbval-lax``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from traitlets.config import Config
+
+from diffusion_course import grading
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = grading.assignments(REPO_ROOT)
+EXECUTE_TIMEOUT = 300
+
+
+def _notebook(folder: Path, name: str) -> Path:
+    found = sorted((folder / name).glob("*.ipynb"))
+    assert len(found) == 1, f"expected one notebook in {folder / name}, found {found}"
+    return found[0]
+
+
+def _nbgrader(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory):
+    """A throw-away course folder: solutions copied in, release generated with a gradebook."""
+    root = tmp_path_factory.mktemp("course")
+    shutil.copy(REPO_ROOT / grading.CONFIG_FILE, root / grading.CONFIG_FILE)
+    shutil.copytree(REPO_ROOT / "solutions", root / "solutions",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    db = f"sqlite:///{root / 'gradebook.db'}"
+    grading.generate(root, db_url=db)
+    return root, db
+
+
+@pytest.fixture(scope="session")
+def autograded(course):
+    """Autograde, once per assignment, the solution key and an untouched student copy."""
+    root, db = course
+    done: dict[str, dict[str, tuple[float, float]]] = {}
+
+    def run(name: str) -> dict[str, tuple[float, float]]:
+        if name not in done:
+            for student, source in (("solution-key", root / "solutions"), ("untouched", root / "notebooks")):
+                notebook = _notebook(source, name)
+                dest = root / ".grading" / "submitted" / student / name
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy(notebook, dest / notebook.name)
+            grading.autograde(root, name, db)
+            done[name] = {s: grading.score(db, name, s) for s in ("solution-key", "untouched")}
+        return done[name]
+
+    return run
+
+
+def test_there_are_assignments():
+    assert ASSIGNMENTS[0] == "01_forward_diffusion"
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_release_is_exactly_what_nbgrader_generates(course, name):
+    root, _ = course
+    generated = sorted(p.relative_to(root / "notebooks") for p in (root / "notebooks" / name).rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(REPO_ROOT / "notebooks") for p in (REPO_ROOT / "notebooks" / name).rglob("*")
+                       if p.is_file())
+    assert generated == committed, "notebooks/ is out of date: run `make notebooks` and commit the result"
+    for rel in generated:
+        assert (root / "notebooks" / rel).read_bytes() == (REPO_ROOT / "notebooks" / rel).read_bytes(), (
+            f"notebooks/{rel} differs from what nbgrader generates: run `make notebooks` (never edit it by hand)"
+        )
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_solution_scores_full_marks(autograded, name):
+    got, best = autograded(name)["solution-key"]
+    assert best > 0
+    assert got == best, f"the solution notebook scored {got}/{best} when autograded"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_untouched_student_notebook_scores_zero(autograded, name):
+    got, best = autograded(name)["untouched"]
+    assert best > 0
+    assert got == 0, f"an untouched student notebook scored {got}/{best}: some test passes without any work"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_validator_in_invert_mode_passes_nothing(name):
+    from nbgrader.validator import Validator
+
+    config = Config()
+    config.Execute.timeout = EXECUTE_TIMEOUT
+    config.ExecutePreprocessor.kernel_name = "python3"
+    results = Validator(config=config, invert=True).validate(str(_notebook(REPO_ROOT / "notebooks", name)))
+    assert "type_changed" not in results and "changed" not in results, results
+    passed = [r["source"].splitlines()[0] for r in results.get("passed", [])]
+    assert not passed, f"tests that pass before the learner writes any code: {passed}"
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_every_exercise_is_answer_then_check_then_graded_test(name):
+    nb = nbformat.read(_notebook(REPO_ROOT / "solutions", name), as_version=4)
+    cells = nb.cells
+    answers = [i for i, c in enumerate(cells) if _nbgrader(c).get("solution") and c.cell_type == "code"]
+    assert answers, "a phase notebook needs exercises"
+    ids = [_nbgrader(c)["grade_id"] for c in cells if _nbgrader(c)]
+    assert len(ids) == len(set(ids)), "grade_id values must be unique"
+    for i in answers:
+        answer = cells[i]
+        assert "### BEGIN SOLUTION" in answer.source and "### END SOLUTION" in answer.source
+        # the instant-feedback check may come after a short demo cell, but before the graded test
+        following = cells[i + 1 :]
+        test_at = next(j for j, c in enumerate(following) if _nbgrader(c).get("grade"))
+        between = following[:test_at]
+        assert any("check_" in c.source for c in between if c.cell_type == "code"), (
+            f"exercise {_nbgrader(answer)['grade_id']}: add a diffusion_course.checks cell before its graded test"
+        )
+        test = following[test_at]
+        assert test.metadata["nbgrader"]["points"] > 0 and test.metadata["nbgrader"]["locked"]
+    graded = [c for c in cells if _nbgrader(c).get("grade")]
+    assert len(graded) >= len(answers)
+    assert any("### BEGIN HIDDEN TESTS" in c.source for c in graded), "some graded cells should have hidden tests"
+
+
+def _all_notebooks():
+    return sorted((REPO_ROOT / "solutions").glob("*/*.ipynb")) + sorted((REPO_ROOT / "notebooks").glob("*/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", _all_notebooks(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_notebooks_are_committed_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert "widgets" not in nb.metadata, "saved widget state: run `make strip`"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "committed outputs: run `make strip`"
+    assert len(json.dumps(nb)) < 300_000, "notebook too large: no embedded data or images"
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_release_has_no_solutions_or_hidden_tests(name):
+    text = _notebook(REPO_ROOT / "notebooks", name).read_text()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS"):
+        assert marker not in text
+    nb = nbformat.read(_notebook(REPO_ROOT / "notebooks", name), as_version=4)
+    stubs = [c for c in nb.cells if _nbgrader(c).get("solution") and c.cell_type == "code"]
+    assert stubs and all("raise NotImplementedError()" in c.source for c in stubs)
+
+
+def test_strip_notebook_removes_outputs_and_widget_state():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1")
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    cell.execution_count = 1
+    nb.cells = [cell]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    assert grading.strip_notebook(nb) is True
+    assert cell.outputs == [] and cell.execution_count is None and "widgets" not in nb.metadata
+    assert grading.strip_notebook(nb) is False
