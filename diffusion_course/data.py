@@ -48,6 +48,7 @@ import hashlib
 import math
 import os
 import shutil
+import socket
 import struct
 import sys
 import tarfile
@@ -105,6 +106,9 @@ FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_DIR_ENV = "DIFFUSION_COURSE_FMNIST_DIR"
 """Environment variable that replaces :data:`FMNIST_SYSTEM_DIR` (tests point it at a fake set)."""
 DATA_ROOT_ENV = "DIFFUSION_COURSE_DATA"
+
+DOWNLOAD_TIMEOUT_S = 60
+"""Seconds a download may wait for the network before it counts as failed."""
 """Environment variable that replaces :func:`default_data_root`."""
 CIFAR10_JPG_ENV = "DIFFUSION_COURSE_CIFAR10_JPG"
 """Environment variable naming the CIFAR-10 JPEG archive, replacing the search of :func:`cifar10_jpg_archive`."""
@@ -436,12 +440,17 @@ def _download(name: str, root: Path, train: bool, download: bool, looked: list[P
     if not download:
         reason = "download=False"
     else:
+        # a network that silently drops packets would otherwise hang the download forever
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             _torchvision_dataset(name)(root=str(root), train=train, download=True)
             return
         except Exception as error:  # torchvision raises RuntimeError/URLError/OSError with long texts
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = f"the download failed ({lines[-1][:160] if lines else type(error).__name__})"
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
     message = f"{name} is not on this machine (looked in {where}) and {reason}. Fix: {_fixes(name, root)}"
     raise DatasetUnavailableError(message) from None
 
