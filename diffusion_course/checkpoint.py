@@ -1,0 +1,132 @@
+"""Checkpoints that survive crashes and can never run code.
+
+Two promises:
+
+1. **Atomic writes.** A checkpoint is first written to a temporary file in the same
+   directory, flushed to disk (``fsync``), and then renamed over the old one with
+   ``os.replace``, which POSIX and Windows perform atomically within one file system. A
+   crash or Ctrl-C in the middle of a save leaves the previous checkpoint untouched, never
+   a half-written file.
+
+2. **Safe loading.** ``torch.save`` uses Python's pickle, and unpickling arbitrary data can
+   execute arbitrary code. Checkpoints are therefore loaded with
+   ``torch.load(..., weights_only=True)``, PyTorch's restricted unpickler that only
+   rebuilds tensors and plain containers (dict, list, tuple, str, int, float, bool, None).
+   Everything this package stores -- configs included -- is kept in those types; a file
+   that asks for anything else is refused with :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+"""The file name the trainer uses inside its output directory."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or contains something other than plain data."""
+
+
+def to_plain(value: Any) -> Any:
+    """Turn dataclasses, tuples, paths and nested containers into dicts/lists/str/numbers.
+
+    Tensors are kept. Anything else raises :class:`CheckpointError`, so a config that would
+    not survive ``weights_only`` loading is caught at save time rather than at resume time.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    raise CheckpointError(
+        f"cannot store a {type(value).__name__} in a checkpoint; convert it to plain data first"
+    )
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, os.replace).
+
+    ``state`` must hold only tensors and plain containers (see :func:`to_plain`). Returns
+    the final path. If anything fails, the temporary file is removed and the previous
+    checkpoint at ``path`` (if any) is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # BaseException: a KeyboardInterrupt mid-save must not leave a stray temp file
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` (no code can run).
+
+    Raises:
+        CheckpointError: the file does not exist, is not a checkpoint, or contains
+            objects other than tensors and plain containers (e.g. a malicious pickle).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain-data checkpoint ({_reason(err)})"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dictionary")
+    return state
+
+
+def _reason(err: Exception) -> str:
+    """The informative line of PyTorch's long weights_only error (e.g. the blocked global)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "unsupported" in line.lower():
+            return line.rstrip(".")
+    return type(err).__name__
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["CHECKPOINT_NAME", "CheckpointError", "load_checkpoint", "save_checkpoint", "to_plain"]

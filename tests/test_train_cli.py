@@ -1,0 +1,178 @@
+"""The command-line trainer on real Fashion-MNIST: runs, resumes exactly, refuses bad input with exit 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_course.checkpoint import load_checkpoint
+from diffusion_course.train import main
+
+QUICK = ["--dataset", "fashion-mnist", "--limit", "64", "--batch-size", "16", "--timesteps", "100",
+         "--sample-every", "0", "--no-progress", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine run ~10x faster on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_a_short_run_writes_checkpoint_metrics_config_and_samples(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*QUICK, "--max-steps", "2", "--log-every", "1", "--out", str(out), "--sample-every", "2",
+            "--sample-count", "4", "--sample-steps", "5"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "batch_size       = 16" in printed and "images=64" in printed and "hflip=False" in printed
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 2 and state["data_stats"]["dataset"] == "fashion-mnist"
+    assert state["data_stats"]["count"] == 64 and state["config"]["batch_size"] == 16
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "config.json").is_file() and (out / "samples" / "step_0000002.png").is_file()
+
+
+def test_resume_from_the_command_line_is_bit_exact(tmp_path):
+    assert main([*QUICK, "--max-steps", "4", "--out", str(tmp_path / "straight")]) == 0
+    assert main([*QUICK, "--max-steps", "2", "--out", str(tmp_path / "split")]) == 0
+    assert main([*QUICK, "--max-steps", "4", "--out", str(tmp_path / "split"), "--resume"]) == 0
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+        assert torch.equal(a["ema"]["weights"][name], b["ema"]["weights"][name]), name
+
+
+def _existing_run(tmp_path) -> Path:
+    out = tmp_path / "existing"
+    assert main([*QUICK, "--max-steps", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "folder", "--data-dir", "/no/such/folder"], "--data-dir /no/such/folder does not exist"),
+        (["--dataset", "folder"], "--dataset folder needs --data-dir"),
+        (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+        (["--image-size", "30"], "--model tiny cannot take 30x30 images"),
+        (["--precision", "fp16"], "precision fp16 needs a CUDA GPU"),
+        (["--dataset", "mnist", "--hflip", "on"], "not allowed for mnist"),
+        (["--grad-accum", "-1"], "grad_accum must be an integer >= 1"),
+        (["--timestep-sampler", "importance"], "importance sampling of t needs the variational bound"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_before_training(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main([*QUICK, "--max-steps", "1", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffusion-course-train: error: ") and message in err
+    assert err.count("\n") == 1
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_an_unwritable_output_folder_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main([*QUICK, "--max-steps", "1", "--out", str(blocker / "run")]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err
+
+
+def test_a_run_needs_a_length_and_argparse_errors_exit_2(tmp_path, capsys):
+    assert main([*QUICK, "--out", str(tmp_path / "r")]) == 2
+    assert "say how long to train: --epochs, --max-steps or --max-minutes" in capsys.readouterr().err
+    assert main(["--dataset", "imagenet"]) == 2
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
+def test_checkpoints_are_never_overwritten_or_resumed_by_accident(tmp_path, capsys):
+    out = _existing_run(tmp_path)
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*QUICK, "--max-steps", "3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a checkpoint" in err and "use --resume to continue it or another --out" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert main([*QUICK, "--max-steps", "3", "--out", str(out), "--resume", "--batch-size", "32"]) == 2
+    assert "--batch-size cannot change when resuming (the checkpoint has 16" in capsys.readouterr().err
+    assert main([*QUICK, "--max-steps", "3", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_malicious_checkpoint(tmp_path, capsys):
+    out = tmp_path / "evil"
+    out.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"config": {}, "x": Evil()}, out / "checkpoint.pt")
+    assert main([*QUICK, "--max-steps", "1", "--out", str(out), "--resume"]) == 2
+    assert "refusing to load" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "nan"
+    args = [*QUICK, "--max-steps", "5", "--out", str(out), "--lr", "1e30", "--warmup-steps", "0",
+            "--grad-clip", "0", "--checkpoint-every", "1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "non-finite training loss at step 2 (epoch 0, batch 1 of 4)" in err
+    assert f"last good checkpoint: {out / 'checkpoint.pt'} (step 1)" in err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+
+
+def test_max_minutes_stops_gracefully_with_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "timed"
+    assert main([*QUICK, "--max-minutes", "0.0001", "--out", str(out)]) == 0
+    assert "time limit reached: checkpoint saved at step 1" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_process_saves_and_exits_130(tmp_path):
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "diffusion_course.train", *QUICK, "--max-steps", "100000", "--log-every", "1",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while not (out / "metrics.jsonl").exists():
+            assert proc.poll() is None and time.time() < deadline, "training never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted: checkpoint saved at step" in output
+    assert load_checkpoint(out / "checkpoint.pt")["step"] >= 1
+
+
+def test_console_script_reports_bad_input_with_exit_code_2(tmp_path):
+    script = shutil.which("diffusion-course-train", path=str(Path(sys.executable).parent))
+    assert script is not None, "the console script is not installed (pip install -e .)"
+    done = subprocess.run([script, "--batch-size", "0", "--max-steps", "1", "--out", str(tmp_path / "r")],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "diffusion-course-train: error: batch_size must be an integer >= 1, got 0\n"

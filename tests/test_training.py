@@ -1,0 +1,390 @@
+"""The Trainer: exact resume, accumulation, stopping rules, checkpoints, logs, precision switches.
+
+Small synthetic images (8x8) with the real ``tiny`` U-Net keep every test to a few seconds;
+the data is not the point here (tests/test_train_cli.py trains on real Fashion-MNIST).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from diffusion_course.batching import BatchStream, epoch_permutation, load_training_data
+from diffusion_course.checkpoint import load_checkpoint
+from diffusion_course.diffusion import q_sample
+from diffusion_course.distributed import DistInfo
+from diffusion_course.ema import unwrap_model
+from diffusion_course.losses import diffusion_loss
+from diffusion_course.runtime import seed_everything
+from diffusion_course.training import (
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    check_precision,
+    load_model_from_checkpoint,
+    resolve_hflip,
+)
+from diffusion_course.unet import UNet
+
+SIZE = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine run ~10x faster on one thread (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _data(n=24, channels=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, SIZE, SIZE, generator=g) * 2 - 1, torch.zeros(n, dtype=torch.long)
+
+
+def make_trainer(out, *, channels=1, dropout=0.1, unet=None, data=None, callbacks=(), **overrides):
+    """A Trainer on synthetic data with the real tiny U-Net (dropout on, so RNG state matters)."""
+    settings = dict(
+        dataset="cifar10", out=str(out), batch_size=4, max_steps=6, warmup_steps=3, log_every=1,
+        sample_every=0, checkpoint_every=0, progress=False, timesteps=100, hflip="off",
+    )
+    settings.update(overrides)
+    config = TrainConfig(**settings)
+    seed_everything(config.seed)
+    out_channels = 2 * channels if config.loss != "simple" else channels
+    model = UNet.from_preset(
+        "tiny", image_size=SIZE, in_channels=channels, out_channels=out_channels, dropout=dropout,
+        **(unet or {}),
+    )
+    data = data if data is not None else _data(channels=channels)
+    return Trainer(config, model, data, callbacks=callbacks)
+
+
+def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(grad_accum=2, hflip="on"),  # accumulation across an epoch boundary, random flips
+        dict(loss="hybrid", timestep_sampler="importance", prediction="v", min_snr=5.0),
+    ],
+    ids=["simple-accum-flip", "hybrid-importance-v"],
+)
+def test_resume_continues_bit_for_bit(tmp_path, options):
+    straight = make_trainer(tmp_path / "a", **options)
+    straight.train()
+    first = make_trainer(tmp_path / "b", **{**options, "max_steps": 3})
+    first.train()
+    second = make_trainer(tmp_path / "b", **options)  # a new process would start like this
+    second.resume()
+    assert second.step == 3
+    result = second.train()
+    assert result.step == straight.step == 6
+    assert _same_params(straight.model, second.model)
+    assert _same_params(straight.ema.module, second.ema.module)
+    for (ka, va), (kb, vb) in zip(straight.optimizer.state_dict()["state"].items(),
+                                  second.optimizer.state_dict()["state"].items(), strict=True):
+        assert ka == kb and all(torch.equal(va[k], vb[k]) for k in va)
+    # and the shortcut would not have been exact without restoring the RNG: a fresh start differs
+    fresh = make_trainer(tmp_path / "c", **{**options, "max_steps": 3, "seed": 1})
+    fresh.train()
+    assert not _same_params(fresh.model, first.model)
+
+
+# --- one optimizer step -------------------------------------------------------------------------
+
+
+def test_gradient_accumulation_averages_the_micro_batch_losses(tmp_path):
+    trainer = make_trainer(tmp_path, grad_accum=2, dropout=0.0, grad_clip=None)
+    captured = {}
+    real_step = trainer.optimizer.step
+
+    def spy(*args, **kwargs):
+        captured["grads"] = [p.grad.clone() for p in trainer.model.parameters()]
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = spy
+    stream = trainer.stream.iterate(0)
+    batches = [next(stream), next(stream)]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    gen_state = trainer.noise_generator.get_state()
+    record = trainer.train_step(batches)
+
+    # redo the two micro-batches by hand with the same random draws, on a copy of the weights
+    reference = UNet.from_preset("tiny", image_size=SIZE, in_channels=1, out_channels=1, dropout=0.0)
+    reference.load_state_dict(before)
+    gen = torch.Generator().manual_seed(0)
+    gen.set_state(gen_state)
+    losses = []
+    for _, images, _ in batches:
+        t = torch.randint(0, 100, (4,), generator=gen)
+        noise = torch.randn(images.shape, generator=gen)
+        x_t = q_sample(images, t, noise, trainer.schedule)
+        losses.append(diffusion_loss(reference(x_t, t), images, x_t, noise, t, trainer.schedule).loss)
+    total = (losses[0] + losses[1]) / 2
+    total.backward()
+    assert record["loss"] == pytest.approx(total.item(), rel=1e-5)
+    for got, p in zip(captured["grads"], reference.parameters(), strict=True):
+        assert torch.allclose(got, p.grad, atol=1e-6)
+    assert record["grad_norm"] == pytest.approx(
+        torch.cat([p.grad.flatten() for p in reference.parameters()]).norm().item(), rel=1e-4
+    )
+
+
+def test_learning_rate_warms_up_linearly(tmp_path):
+    trainer = make_trainer(tmp_path, lr=1e-3, warmup_steps=4)
+    assert [trainer.lr_at(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert make_trainer(tmp_path, lr=1e-3, warmup_steps=0).lr_at(0) == 1e-3
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    trainer = make_trainer(tmp_path, grad_clip=1e-3, dropout=0.0, lr=1.0)
+    stream = trainer.stream.iterate(0)
+    seen = {}
+    real_step = trainer.optimizer.step
+
+    def spy(*args, **kwargs):
+        seen["norm"] = torch.cat([p.grad.flatten() for p in trainer.model.parameters()]).norm().item()
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = spy
+    record = trainer.train_step([next(stream)])
+    assert record["grad_norm"] > 1e-3  # the norm before clipping is logged ...
+    assert seen["norm"] == pytest.approx(1e-3, rel=1e-3)  # ... the step uses the clipped gradient
+
+
+# --- stopping -------------------------------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_before_the_update_and_names_the_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, checkpoint_every=2, max_steps=10)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):  # the 4th forward pass (step 4) returns NaN
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 4 else output
+
+    trainer.model.register_forward_hook(poison)
+    good = {}
+    trainer.callbacks.append(lambda tr, rec: good.update({k: v.clone() for k, v in tr.model.state_dict().items()}))
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "non-finite training loss at step 4 (epoch 0, batch 3 of 6)" in message
+    assert f"last good checkpoint: {tmp_path / 'checkpoint.pt'} (step 2)" in message
+    assert "\n" not in message
+    # the weights are those after step 3: the NaN never reached them, and nothing was saved
+    assert all(torch.equal(v, good[k]) for k, v in trainer.model.state_dict().items())
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_ctrl_c_finishes_the_step_and_saves(tmp_path):
+    def press_ctrl_c(trainer, record):
+        if record["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    trainer = make_trainer(tmp_path, max_steps=50, callbacks=[press_ctrl_c])
+    result = trainer.train()
+    assert result.reason == "interrupted" and result.step == 3
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
+def test_time_limit_saves_a_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=None, max_minutes=1e-6)
+    result = trainer.train()
+    assert result.reason == "time_limit" and result.step == 1
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+
+
+def test_epochs_limit(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=None, epochs=2, grad_accum=2)
+    assert trainer.stream.batches_per_epoch == 6 and trainer.total_steps() == 6
+    assert trainer.train().step == 6
+
+
+# --- what a run leaves behind -----------------------------------------------------------------
+
+
+def test_checkpoint_holds_everything_as_plain_data(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.data_stats = {"dataset": "synthetic", "count": 24}
+    trainer.train()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")  # weights_only=True inside
+    for key in ("model", "ema", "optimizer", "scaler", "step", "micro_step", "config", "data_stats", "rng",
+                "model_config", "timestep_sampler"):
+        assert key in state
+    assert state["step"] == 2 and state["micro_step"] == 2
+    assert TrainConfig.from_dict(state["config"]) == trainer.config
+    assert state["model_config"]["channel_mults"] == [1, 2, 2]
+    assert state["data_stats"]["count"] == 24
+    assert set(state["rng"][0]) >= {"noise", "torch_cpu", "python", "numpy"}
+    model, _ = load_model_from_checkpoint(tmp_path / "checkpoint.pt")
+    assert _same_params(model, trainer.ema.module) and not model.training
+
+
+def test_metrics_log_and_sample_grid(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, log_every=2, sample_every=2, sample_count=4, sample_steps=3)
+    trainer.train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    for r in lines:
+        assert math.isfinite(r["loss"]) and r["lr"] > 0 and r["images_per_s"] > 0
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+    images = trainer.sample(count=2)
+    assert images.shape == (2, 1, SIZE, SIZE) and images.abs().max() <= 1
+
+
+def test_a_learned_variance_model_trains_and_samples(tmp_path):
+    trainer = make_trainer(tmp_path, loss="hybrid", max_steps=2, sample_steps=3)
+    record = trainer.train().history[-1]
+    assert record["loss"] == pytest.approx(record["mse"] + 0.001 * 100 * record["vlb"], rel=1e-4)
+    images = trainer.sample(count=2)  # the 2C-channel output is split into mean and variance
+    assert images.shape == (2, 1, SIZE, SIZE)
+
+
+def test_resume_drops_log_lines_of_steps_that_are_redone(tmp_path):
+    def save_at_step_2(trainer, record):
+        if record["step"] == 2:
+            trainer.save(tmp_path / "at2.pt")
+
+    make_trainer(tmp_path, max_steps=4, callbacks=[save_at_step_2]).train()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    again = make_trainer(tmp_path, max_steps=2)
+    again.resume(tmp_path / "at2.pt")  # as if the run had crashed after logging step 4
+    assert again.train().step == 2
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+# --- memory and precision switches ----------------------------------------------------------------
+
+
+def test_grad_checkpoint_and_channels_last_give_the_same_training(tmp_path):
+    plain = make_trainer(tmp_path / "a", max_steps=2, dropout=0.0)
+    plain.train()
+    checkpointed = make_trainer(tmp_path / "b", max_steps=2, dropout=0.0, unet={"grad_checkpoint": True})
+    checkpointed.train()
+    assert _same_params(plain.model, checkpointed.model)
+    nhwc = make_trainer(tmp_path / "c", max_steps=2, dropout=0.0, channels_last=True)
+    nhwc.train()
+    for p, q in zip(plain.model.parameters(), nhwc.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_compile_wraps_the_model_but_saves_the_plain_one(tmp_path):
+    trainer = make_trainer(tmp_path, compile=True)  # compiling happens at the first call, not here
+    assert trainer.train_model is not trainer.model
+    assert unwrap_model(trainer.train_model) is trainer.model
+    assert not any(k.startswith("_orig_mod") for k in trainer.state_dict()["model"])
+
+
+def test_bf16_trains_on_cpu_and_fp16_needs_cuda(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, precision="bf16")
+    result = trainer.train()
+    assert math.isfinite(result.last_loss)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast, fp32 master weights
+    assert check_precision("fp32", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA GPU"):
+        check_precision("fp16", torch.device("cpu"))
+
+
+# --- data order -----------------------------------------------------------------------------------
+
+
+def test_batch_streams_of_two_ranks_split_each_epoch():
+    images = torch.arange(22.0).view(22, 1, 1, 1)
+    labels = torch.arange(22)
+    streams = [BatchStream((images, labels), 3, seed=5, info=DistInfo(r, 2, r)) for r in range(2)]
+    assert streams[0].batches_per_epoch == 3  # 11 images per rank -> 3 full batches of 3
+    seen = []
+    for stream in streams:
+        it = stream.iterate(0)
+        seen.append(torch.cat([next(it)[2] for _ in range(3)]))
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())  # disjoint shards
+    assert set(seen[0].tolist()) | set(seen[1].tolist()) <= set(epoch_permutation(22, 5, 0)[:22].tolist())
+    # starting at micro-batch 4 gives what the uninterrupted stream gives there
+    it = streams[0].iterate(0)
+    straight = [next(it)[2] for _ in range(7)]
+    resumed = streams[0].iterate(4)
+    assert all(torch.equal(straight[i], next(resumed)[2]) for i in range(4, 7))
+    with pytest.raises(ValueError, match="fewer than one batch of 64 per process"):
+        BatchStream((images, labels), 64)
+
+
+def test_dataloader_path_gives_the_same_batches_as_the_tensor_path():
+    images, labels = _data(n=10)
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    a = BatchStream((images, labels), 3, seed=2).iterate(2)
+    b = BatchStream(dataset, 3, seed=2, num_workers=0).iterate(2)
+    for _ in range(5):
+        (ma, xa, _), (mb, xb, _) = next(a), next(b)
+        assert ma == mb and torch.equal(xa, xb)
+
+
+def test_flip_policy_per_dataset():
+    assert not resolve_hflip(TrainConfig(dataset="mnist"))
+    assert not resolve_hflip(TrainConfig(dataset="fashion-mnist"))  # shoes all point one way
+    assert resolve_hflip(TrainConfig(dataset="cifar10"))
+    assert resolve_hflip(TrainConfig(dataset="fashion-mnist", hflip="on"))
+    with pytest.raises(ValueError, match="not allowed for mnist"):
+        TrainConfig(dataset="mnist", hflip="on").validate()
+
+
+def test_config_validation_and_printing():
+    config = TrainConfig()
+    assert "batch_size       = 128" in config.describe()
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    for bad, match in [
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(schedule="quadratic"), "unknown schedule 'quadratic'"),
+        (dict(timestep_sampler="importance"), "importance sampling of t needs the variational bound"),
+        (dict(ema_decay=1.0), "ema_decay must be in \\[0, 1\\)"),
+        (dict(sample_steps=0), "sample_steps must be an integer >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad).validate()
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"batchsize": 3})
+
+
+def test_real_fashion_mnist_as_one_tensor():
+    source, stats = load_training_data(TrainConfig(dataset="fashion-mnist", limit=32), torch.device("cpu"),
+                                       progress=False)
+    images, labels = source
+    assert images.shape == (32, 1, 28, 28) and labels.shape == (32,)
+    assert images.min() >= -1 and images.max() <= 1
+    assert stats["count"] == 32 and stats["classes"][9] == "Ankle boot" and stats["image_size"] == 28
+
+
+def test_a_folder_too_big_for_memory_streams_through_a_dataloader(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import diffusion_course.batching as batching
+
+    g = torch.Generator().manual_seed(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = torch.randint(0, 256, (SIZE, SIZE, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "imgs" / cls / f"{i}.png")
+    monkeypatch.setattr(batching, "TENSOR_BUDGET_BYTES", 0)  # pretend the folder does not fit
+    config = TrainConfig(dataset="folder", data_dir=str(tmp_path / "imgs"), limit=8)
+    source, stats = load_training_data(config, torch.device("cpu"), progress=False)
+    assert isinstance(source, torch.utils.data.Dataset) and len(source) == 8
+    assert stats["count"] == 8 and stats["classes"] == ["cats", "dogs"] and stats["channels"] == 3
+    trainer = make_trainer(tmp_path / "run", channels=3, data=source, max_steps=3, num_workers=0)
+    assert trainer.train().step == 3  # 2 batches of 4 per epoch: the stream crosses an epoch
