@@ -2,12 +2,21 @@
 
 Each module is one concept and reads top to bottom like a chapter:
 
-- :mod:`diffusion_course.schedules` -- variance schedules beta_t, alpha_t, alpha-bar_t, SNR.
-- :mod:`diffusion_course.diffusion` -- the forward process q(x_t | x_0) and its posterior.
-- :mod:`diffusion_course.data` -- datasets as float tensors in [-1, 1], offline first.
-- :mod:`diffusion_course.viz` and :mod:`diffusion_course.widgets` -- pictures and sliders.
-- :mod:`diffusion_course.checks` -- instant feedback for the notebook exercises.
-- :mod:`diffusion_course.runtime` -- devices, seeds and the fast mode used in CI.
+Phase 1, forward diffusion
+    :mod:`~diffusion_course.schedules` (beta, alpha-bar, SNR), :mod:`~diffusion_course.diffusion`
+    (q(x_t | x_0), its posterior, eps/x0/v conversions).
+Phase 2, the network
+    :mod:`~diffusion_course.unet` (time embedding, blocks, the U-Net and its presets).
+Phase 3, training
+    :mod:`~diffusion_course.losses`, :mod:`~diffusion_course.ema`, :mod:`~diffusion_course.checkpoint`,
+    :mod:`~diffusion_course.training` (TrainConfig, Trainer), :mod:`~diffusion_course.train` (the
+    command line), :mod:`~diffusion_course.batching` and :mod:`~diffusion_course.distributed` (data
+    order and DDP), :mod:`~diffusion_course.sampling` (the DDPM sampler used for sample grids).
+Around them
+    :mod:`~diffusion_course.data` (datasets in [-1, 1], offline first), :mod:`~diffusion_course.viz`
+    and :mod:`~diffusion_course.widgets` (pictures and sliders), :mod:`~diffusion_course.checks`
+    (instant feedback for exercises), :mod:`~diffusion_course.runtime` (devices, seeds, fast mode),
+    :mod:`~diffusion_course.grading` (nbgrader tooling for instructors).
 """
 
 __version__ = "0.1.0"

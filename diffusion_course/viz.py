@@ -182,3 +182,77 @@ def noise_histogram(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------
+# Looking inside a network
+# ---------------------------------------------------------------------------
+
+
+def feature_maps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
+                 layers: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Run ``model(x, t)`` once and capture the output of each named layer.
+
+    Args:
+        model: any network called as ``model(x, t)``.
+        x: input batch ``[B, C, H, W]``; t: timesteps ``[B]``.
+        layers: ``{name: submodule}`` to record, e.g. ``{"down 1": model.down[0]}``.
+
+    Returns:
+        ``{name: activation}``, each ``[B, C_layer, H_layer, W_layer]``, detached, on the CPU.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        module.register_forward_hook(lambda _m, _in, out, name=name: captured.__setitem__(name, out.detach().cpu()))
+        for name, module in layers.items()
+    ]
+    try:
+        with torch.no_grad():
+            model(x, t)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: captured[name] for name in layers if name in captured}
+
+
+def plot_feature_maps(maps: dict[str, torch.Tensor], channels: int = 6, size: float = 1.3) -> Figure:
+    """One row per layer: the first ``channels`` feature maps of the first image, each min-max scaled."""
+    fig, axes = plt.subplots(len(maps), channels, figsize=(size * channels, size * len(maps)), squeeze=False)
+    for row, (name, act) in enumerate(maps.items()):
+        for col in range(channels):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < act.shape[1]:
+                m = act[0, col]
+                ax.imshow(((m - m.min()) / (m.max() - m.min() + 1e-8)).numpy(), cmap="viridis")
+            if col == 0:
+                ax.set_ylabel(f"{name}\n{act.shape[2]}x{act.shape[3]}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def receptive_field(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
+                    pixel: tuple[int, int] | None = None) -> torch.Tensor:
+    """Effective receptive field: |d output[pixel] / d input|, summed over channels (Luo et al. 2016).
+
+    Args:
+        model: a network called as ``model(x, t)`` returning an image shaped like ``x``.
+        x: one input ``[1, C, H, W]``; t: ``[1]``.
+        pixel: ``(row, col)`` of the output pixel; the centre by default.
+
+    Returns:
+        ``[H, W]`` float tensor, normalised to a maximum of 1: how much each input pixel
+        influences that one output pixel.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x, t)
+        r, c = pixel if pixel is not None else (x.shape[2] // 2, x.shape[3] // 2)
+        out[0, :, r, c].sum().backward()
+    finally:
+        model.train(was_training)
+    grad = x.grad[0].abs().sum(0)
+    return grad / (grad.max() + 1e-12)

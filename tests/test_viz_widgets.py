@@ -106,3 +106,32 @@ def test_noising_slider_accepts_batch_of_one_and_rejects_batches(image):
     assert noising_slider(image[None], s).children[0].max == 9
     with pytest.raises(ValueError, match=r"one image \[C, H, W\]"):
         noising_slider(torch.zeros(2, 1, 4, 4), s)
+
+
+class _Shift(torch.nn.Module):
+    """A 'network' whose output pixel (r, c) depends only on input pixels (r, c) and (r, c+1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Identity()
+
+    def forward(self, x, t):
+        return self.inner(x) + torch.roll(x, -1, dims=-1)
+
+
+def test_feature_maps_capture_named_layers():
+    from diffusion_course.checks.unet import MiniUNet
+
+    model = MiniUNet()
+    maps = viz.feature_maps(model, torch.randn(2, 1, 8, 8), torch.tensor([1, 2]),
+                            {"down": model.down_block, "mid": model.mid_attn})
+    assert maps["down"].shape == (2, 32, 8, 8) and maps["mid"].shape == (2, 64, 4, 4)
+    assert not any(m._forward_hooks for m in model.modules()), "hooks must be removed"
+    fig = viz.plot_feature_maps(maps, channels=3)
+    assert len(fig.axes) == 6 and "4x4" in fig.axes[3].get_ylabel()
+
+
+def test_receptive_field_finds_exactly_the_influencing_pixels():
+    field = viz.receptive_field(_Shift(), torch.randn(1, 1, 5, 5), torch.tensor([0]))
+    assert field.shape == (5, 5) and field.max() == 1.0
+    assert set(map(tuple, field.nonzero().tolist())) == {(2, 2), (2, 3)}

@@ -18,9 +18,18 @@ from .forward import (
     check_q_posterior,
     check_q_sample,
 )
+from .training import check_accumulated_step, check_ema_update, check_train_step
+from .unet import check_attention_block, check_mini_unet, check_res_block, check_timestep_embedding
 
 __all__ = [
     "CheckResult",
+    "check_accumulated_step",
+    "check_attention_block",
+    "check_ema_update",
+    "check_mini_unet",
+    "check_res_block",
+    "check_timestep_embedding",
+    "check_train_step",
     "check_cosine_schedule",
     "check_first_t_below",
     "check_linear_schedule",
