@@ -5,9 +5,10 @@ wall-clock budget and with *the same training loop* (:class:`diffusion_course.tr
 same data order, noise, optimizer, EMA, learning-rate warm-up):
 
 - ours:      ``UNet.from_preset("small")`` at 28x28, 1 channel
-- reference: diffusers' ``UNet2DModel`` built with the preset's widths, blocks per level,
-             normalisation and attention placement (parameter count within 10% of ours,
-             checked), sampled with diffusers' ``DDPMScheduler``.
+- reference: diffusers' ``UNet2DModel`` with the parameter count of ours (within 10%,
+             checked), by default the same model ``benchmarks/unet_throughput.py`` races
+             (``--reference twin`` builds it with our preset's architecture instead),
+             sampled with diffusers' ``DDPMScheduler``.
 
 Then both EMA models are sampled (ours with :func:`diffusion_course.sampling.ddpm_sample`,
 the reference with ``DDPMScheduler.step``, both with the same number of respaced steps) and
@@ -69,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/benchmarks/train_quality")
     p.add_argument("--gpu-steps", type=int, default=50, help="timed steps of the GPU throughput check")
     p.add_argument("--skip-gpu", action="store_true")
+    p.add_argument("--reference", choices=REFERENCES, default="default",
+                   help="which diffusers UNet2DModel to train beside ours (see REFERENCES)")
     return p.parse_args(argv)
 
 
@@ -77,48 +80,70 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------
 
 
-class DiffusersUNet(nn.Module):
-    """diffusers' UNet2DModel shaped like one of our presets, behind ``model(x_t, t) -> eps``.
+REFERENCES = ("default", "twin")
+"""Which diffusers UNet2DModel to train beside ours (``--reference``):
 
-    Same widths per level (``base_channels * channel_mults``), residual blocks per level,
-    GroupNorm groups, dropout, and self-attention at the same resolutions (diffusers' middle
-    block has attention too, as ours does). The two implementations differ in details (e.g.
-    up-sampling widths), so the parameter counts are close, not equal: :func:`build_reference`
-    checks they are within 10%.
+- ``default``: the opponent of ``benchmarks/unet_throughput.py`` (its ``DIFFUSERS_CONFIG``):
+  diffusers' usual block layout with attention at the lower levels, sized to our parameter
+  count. This is "the diffusers baseline" the course's goals compare against.
+- ``twin``: UNet2DModel built with our preset's widths, blocks per level, GroupNorm groups,
+  dropout and attention placement, to compare two implementations of one architecture.
+"""
+
+
+class DiffusersUNet(nn.Module):
+    """diffusers' UNet2DModel behind ``model(x_t, t) -> eps``.
+
+    ``reference="twin"`` shapes it like our preset ``config`` (same widths per level,
+    residual blocks per level, GroupNorm groups, dropout, self-attention resolutions; the
+    implementations differ in details such as up-sampling widths, so the parameter counts are
+    close, not equal). ``reference="default"`` uses the throughput benchmark's configuration.
+    :func:`build_reference` checks either is within 10% of our parameter count.
     """
 
-    def __init__(self, config, image_size: int, channels: int) -> None:
+    def __init__(self, config, image_size: int, channels: int, reference: str = "default") -> None:
         super().__init__()
         from diffusers import UNet2DModel
 
-        levels = [image_size // 2**i for i in range(len(config.channel_mults))]
-        attn = [r in config.attention_resolutions for r in levels]
-        self.unet = UNet2DModel(
-            sample_size=image_size,
-            in_channels=channels,
-            out_channels=channels,
-            block_out_channels=tuple(config.base_channels * m for m in config.channel_mults),
-            layers_per_block=config.num_res_blocks,
-            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-            norm_num_groups=config.norm_groups,
-            dropout=config.dropout,
-        )
+        if reference == "default":
+            kwargs = dict(_throughput_benchmark().DIFFUSERS_CONFIG)
+        else:
+            levels = [image_size // 2**i for i in range(len(config.channel_mults))]
+            attn = [r in config.attention_resolutions for r in levels]
+            kwargs = dict(
+                block_out_channels=tuple(config.base_channels * m for m in config.channel_mults),
+                layers_per_block=config.num_res_blocks,
+                down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+                up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+                norm_num_groups=config.norm_groups,
+                dropout=config.dropout,
+            )
+        self.unet = UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels, **kwargs)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t).sample
 
 
-def build_reference(ours: nn.Module, image_size: int, channels: int) -> DiffusersUNet:
-    """The diffusers twin of ``ours``; refuses a parameter count more than 10% off."""
-    reference = DiffusersUNet(ours.config, image_size, channels)
-    n_ours, n_ref = count_parameters(ours), count_parameters(reference)
+def _throughput_benchmark():
+    """benchmarks/unet_throughput.py as a module, so both benchmarks share one diffusers opponent."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import unet_throughput
+    finally:
+        sys.path.pop(0)
+    return unet_throughput
+
+
+def build_reference(ours: nn.Module, image_size: int, channels: int, reference: str = "default") -> DiffusersUNet:
+    """The diffusers opponent of ``ours``; refuses a parameter count more than 10% off."""
+    model = DiffusersUNet(ours.config, image_size, channels, reference)
+    n_ours, n_ref = count_parameters(ours), count_parameters(model)
     if abs(n_ref / n_ours - 1) > 0.10:
         raise RuntimeError(
-            f"the diffusers twin has {n_ref:,} parameters, ours {n_ours:,} (more than 10% apart); "
-            "adjust DiffusersUNet to the current 'small' preset"
+            f"the diffusers {reference} model has {n_ref:,} parameters, ours {n_ours:,} (more than 10% apart); "
+            "adjust it to the current 'small' preset"
         )
-    return reference
+    return model
 
 
 def diffusers_scheduler(schedule):
@@ -303,7 +328,9 @@ def main(argv=None) -> int:
     seed_everything(args.seed)
     ours = build_model(TrainConfig(model="small"), c, size)
     seed_everything(args.seed)
-    reference = build_reference(ours, size, c)
+    reference = build_reference(ours, size, c, args.reference)
+    print(f"ours: {count_parameters(ours):,} parameters; diffusers ({args.reference}): "
+          f"{count_parameters(reference):,} parameters", flush=True)
     results = {
         "ours": train_one("ours", ours, source, stats, args, out),
         "diffusers": train_one("diffusers", reference, source, stats, args, out),

@@ -20,13 +20,7 @@ QUICK = ["--dataset", "fashion-mnist", "--limit", "64", "--batch-size", "16", "-
          "--sample-every", "0", "--no-progress", "--device", "cpu"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run ~10x faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _env() -> dict:
