@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 from matplotlib.figure import Figure
 
 from .diffusion import q_sample
@@ -68,7 +69,8 @@ def noising_slider(
 
     Returns:
         An ``ipywidgets.interactive``: display it in a notebook; ``.children[0]`` is the
-        slider, and ``.result`` is the last figure drawn (what the tests inspect).
+        slider, and ``.result`` is the last figure drawn, which is also displayed in the
+        widget's output area each time the slider moves.
     """
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
@@ -80,6 +82,11 @@ def noising_slider(
         value=0, min=0, max=schedule.timesteps - 1, step=step, description="t",
         continuous_update=False,
     )
-    return widgets.interactive(
-        lambda t: noising_frame(image, schedule, t, noise), t=slider
-    )
+
+    def show(t: int) -> Figure:
+        fig = noising_frame(image, schedule, t, noise)
+        # widgets.interactive (unlike interact) does not display what the callback returns
+        display(fig)
+        return fig
+
+    return widgets.interactive(show, t=slider)

@@ -82,9 +82,12 @@ def test_noising_frame_shows_x_t_and_marker(image):
     assert "t = 300" in img_ax.get_title()
 
 
-def test_noising_slider_drives_callback(image):
+def test_noising_slider_drives_callback(image, monkeypatch):
+    shown = []
+    monkeypatch.setattr("diffusion_course.widgets.display", shown.append)
     s = get_schedule("linear", 1000)
     w = noising_slider(image, s, seed=1)
+    assert shown == [w.result], "the first frame must be displayed, not only returned"
     slider = w.children[0]
     assert (slider.min, slider.max, slider.value) == (0, 999, 0)
     first = w.result
@@ -92,6 +95,7 @@ def test_noising_slider_drives_callback(image):
     slider.value = 750
     moved = w.result
     assert moved is not first and "t = 750" in moved.axes[0].get_title()
+    assert shown[-1] is moved, "moving the slider must display the new frame"
     noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(1))
     expected = viz.to_display(q_sample(image[None], torch.tensor([750]), noise[None], s))[0]
     assert np.allclose(moved.axes[0].images[0].get_array(), expected, atol=1e-6)
