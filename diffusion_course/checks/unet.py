@@ -20,7 +20,7 @@ from .. import unet
 from ._core import CheckResult, _call, _close, _is_tensor
 
 
-def _randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+def randomise_weights(module: nn.Module, seed: int = 0) -> nn.Module:
     """Give every parameter random values (zero-initialised layers included)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -104,7 +104,8 @@ def check_res_block(cls: type) -> CheckResult:
         block = _construct(result, cls, cin, cout, time_dim=24, dropout=0.0)
         if block is None:
             return result.report()
-        ref = _randomise(unet.ResBlock(cin, cout, 24, dropout=0.0, scale_shift=False, norm_groups=8), seed=cin + cout)
+        block_ref = unet.ResBlock(cin, cout, 24, dropout=0.0, scale_shift=False, norm_groups=8)
+        ref = randomise_weights(block_ref, seed=cin + cout)
         if not _copy_weights(result, ref, block):
             return result.report()
         g = torch.Generator().manual_seed(1)
@@ -149,7 +150,7 @@ def check_attention_block(cls: type) -> CheckResult:
         block = _construct(result, cls, 16, num_heads=heads)
         if block is None:
             return result.report()
-        ref = _randomise(unet.AttentionBlock(16, num_heads=heads, norm_groups=8), seed=heads)
+        ref = randomise_weights(unet.AttentionBlock(16, num_heads=heads, norm_groups=8), seed=heads)
         if not _copy_weights(result, ref, block):
             return result.report()
         x = torch.randn(2, 16, 4, 6, generator=torch.Generator().manual_seed(2))
@@ -165,7 +166,7 @@ def check_attention_block(cls: type) -> CheckResult:
         if _close(out, expected, 1e-4):
             continue
         with torch.no_grad():
-            single = _randomise(unet.AttentionBlock(16, num_heads=1, norm_groups=8), seed=heads)
+            single = randomise_weights(unet.AttentionBlock(16, num_heads=1, norm_groups=8), seed=heads)
             one_head = single(x)
         if heads > 1 and _close(out, one_head, 1e-4):
             result.problems.append("right for one head, wrong for several: split C into num_heads heads of "
@@ -219,7 +220,7 @@ def check_mini_unet(cls: type) -> CheckResult:
     model = _construct(result, cls)
     if model is None:
         return result.report()
-    ref = _randomise(MiniUNet(), seed=3)
+    ref = randomise_weights(MiniUNet(), seed=3)
     if not _copy_weights(result, ref, model):
         return result.report()
     g = torch.Generator().manual_seed(4)
