@@ -1,7 +1,7 @@
 """Does our training produce a model as good as the reference implementation's, in the same time?
 
 Trains two networks on Fashion-MNIST on the CPU, one after the other, each for the same
-wall-clock budget and with *the same training loop* (:class:`diffusion_course.training.Trainer`:
+wall-clock budget and with *the same training loop* (:class:`diffusion_course.trainer.Trainer`:
 same data order, noise, optimizer, EMA, learning-rate warm-up):
 
 - ours:      ``UNet.from_preset("small")`` at 28x28, 1 channel
@@ -45,12 +45,14 @@ from torch import nn
 
 from diffusion_course import data
 from diffusion_course.batching import load_training_data
-from diffusion_course.diffusion import q_sample
+from diffusion_course.losses import loss_per_timestep
 from diffusion_course.runtime import seed_everything
-from diffusion_course.sampling import ddpm_sample, save_image_grid
+from diffusion_course.sampling import ddpm_sample
 from diffusion_course.schedules import get_schedule
-from diffusion_course.training import TrainConfig, Trainer, build_model
+from diffusion_course.trainer import Trainer
+from diffusion_course.training import TrainConfig, build_model
 from diffusion_course.unet import count_parameters
+from diffusion_course.viz import save_image_grid
 
 HELDOUT_T = (10, 100, 250, 500, 750, 900)
 
@@ -180,19 +182,8 @@ def sample_with_diffusers(model: nn.Module, sched, shape, steps: int, seed: int)
 
 @torch.no_grad()
 def heldout_loss(model: nn.Module, images: torch.Tensor, schedule, seed: int, batch: int = 128) -> dict:
-    """MSE of the predicted noise on held-out images at each t in HELDOUT_T (fixed noise)."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(images.shape, generator=gen)
-    out = {}
-    for t_value in HELDOUT_T:
-        total = 0.0
-        for start in range(0, images.shape[0], batch):
-            x0, eps = images[start : start + batch], noise[start : start + batch]
-            t = torch.full((x0.shape[0],), t_value, dtype=torch.long)
-            pred = model(q_sample(x0, t, eps, schedule), t)
-            total += ((pred - eps) ** 2).mean(dim=(1, 2, 3)).sum().item()
-        out[t_value] = total / images.shape[0]
+    """MSE of the predicted noise on held-out images at each t in HELDOUT_T (fixed noise), and their mean."""
+    out = loss_per_timestep(model, images, schedule, HELDOUT_T, seed=seed, batch_size=batch)
     out["mean"] = sum(out[t] for t in HELDOUT_T) / len(HELDOUT_T)
     return out
 

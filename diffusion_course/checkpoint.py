@@ -14,6 +14,11 @@ Two promises:
    rebuilds tensors and plain containers (dict, list, tuple, str, int, float, bool, None).
    Everything this package stores -- configs included -- is kept in those types; a file
    that asks for anything else is refused with :class:`CheckpointError`.
+
+A checkpoint of a diffusion run also records its :class:`~diffusion_course.diffusion.DiffusionConfig`
+(schedule, T, prediction target, variance, conditioning), which with the weights is all a sampler
+needs: :func:`load_model` rebuilds both without importing any training code (as nanoGPT's
+``sample.py`` imports only the model).
 """
 
 from __future__ import annotations
@@ -106,6 +111,55 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return state
 
 
+def diffusion_config_of(state: dict):
+    """The :class:`~diffusion_course.diffusion.DiffusionConfig` a checkpoint records.
+
+    Checkpoints written before it was recorded (format version 1) hold the run's TrainConfig
+    only; the setup is derived from it (schedule, T, prediction, and the variance its loss implies).
+    """
+    from .diffusion import DiffusionConfig
+
+    if state.get("diffusion_config") is not None:
+        return DiffusionConfig.from_dict(dict(state["diffusion_config"]))
+    config = state.get("config")
+    if not isinstance(config, dict) or "schedule" not in config:
+        raise CheckpointError("this checkpoint records no diffusion setup (is it a diffusion model's?)")
+    learned = config.get("loss", "simple") in ("hybrid", "vlb")
+    return DiffusionConfig(
+        schedule=config["schedule"],
+        timesteps=int(config["timesteps"]),
+        prediction=config.get("prediction", "eps"),
+        variance="learned" if learned else "fixed_small",
+    )
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = True, map_location: Any = "cpu"):
+    """Rebuild the U-Net of a checkpoint with its EMA (or raw) weights, in eval mode.
+
+    Returns ``(model, diffusion_config, state)``: the network, the
+    :class:`~diffusion_course.diffusion.DiffusionConfig` a sampler needs, and the whole
+    checkpoint dictionary (``state["config"]`` is the run's TrainConfig as a dict).
+    Raises :class:`CheckpointError` for a file that is not a model checkpoint of this package.
+    """
+    from .unet import UNet, UNetConfig
+
+    state = load_checkpoint(path, map_location=map_location)
+    if not isinstance(state.get("model_config"), dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a model checkpoint of diffusion-course (no model_config)")
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()}
+    try:
+        model = UNet(UNetConfig(**cfg))
+        weights = state["ema"]["weights"] if ema else state["model"]
+        model.load_state_dict(weights)
+    except (TypeError, KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: the weights do not fit the recorded model ({_first_line(err)})") from err
+    return model.eval(), diffusion_config_of(state), state
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def _reason(err: Exception) -> str:
     """The informative line of PyTorch's long weights_only error (e.g. the blocked global)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -129,4 +183,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["CHECKPOINT_NAME", "CheckpointError", "load_checkpoint", "save_checkpoint", "to_plain"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "diffusion_config_of",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "to_plain",
+]

@@ -93,6 +93,25 @@ DATASET_INFO: dict[str, dict] = {
 }
 """Native ``image_size`` (square side), ``channels``, ``num_classes`` and ``classes`` per dataset."""
 
+FLIP_BY_DATASET = {"mnist": False, "fashion-mnist": False, "cifar10": True, "folder": True}
+"""Whether random left-right flips suit a dataset (the trainer's ``hflip="auto"``).
+
+- ``mnist``: never -- a mirrored 2, 3 or 7 is not a digit (``hflip="on"`` is refused).
+- ``fashion-mnist``: off -- tops, trousers and bags are close to mirror-symmetric, but the
+  shoes all point the same way: 100% of ankle boots, 99.7% of sneakers and 93% of sandals
+  in the training set are closer to their class's mean image than to its mirror image.
+  Flipping would teach the model mirrored shoes that the test set never contains.
+- ``cifar10``: on, as in DDPM (appendix B) -- natural photos are mirror-symmetric.
+- ``folder``: on, assuming natural photos; pass ``hflip="off"`` for text, digits, faces
+  with a fixed layout, and the like.
+"""
+
+
+def default_hflip(name: str) -> bool:
+    """Whether dataset ``name`` is trained with random left-right flips by default."""
+    return FLIP_BY_DATASET[check_dataset_name(name)]
+
+
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 
 # torchvision's folder and class for the IDX datasets: it keeps them in <root>/<folder>/raw/.

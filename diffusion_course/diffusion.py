@@ -27,9 +27,11 @@ integer tensors of shape ``[B]`` with values in ``[0, T-1]``.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+
 import torch
 
-from .schedules import NoiseSchedule, check_timesteps, gather
+from .schedules import SCHEDULES, NoiseSchedule, check_timesteps, gather, get_schedule
 
 PREDICTION_TYPES = ("eps", "x0", "v")
 
@@ -175,3 +177,177 @@ def to_x0_and_eps(
     raise ValueError(
         f"unknown prediction type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}"
     )
+
+
+# ---------------------------------------------------------------------------
+# The reverse process a network defines: p(x_{t-1} | x_t) = N(mean, variance)
+# ---------------------------------------------------------------------------
+
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned")
+"""How the reverse step's variance is chosen (DDPM sec. 3.2; Improved DDPM sec. 3.1).
+
+``fixed_small``: sigma_t^2 = beta-tilde_t, the posterior variance (the right choice when x_0 is
+a single point). ``fixed_large``: sigma_t^2 = beta_t (right when x_0 ~ N(0, I)). The two bracket
+the true reverse variance, and DDPM found that both sample equally well. ``learned``: the network
+outputs a second set of channels that interpolates between their logs (Improved DDPM eq. 15).
+"""
+
+
+def split_output(output: torch.Tensor, learned_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split a network output ``[B, 2C, ...]`` into ``(prediction [B, C, ...], variance values
+    [B, C, ...])`` when the variance is learned; otherwise return ``(output, None)``."""
+    if not learned_variance:
+        return output, None
+    if output.shape[1] % 2:
+        raise ValueError(
+            f"a learned-variance model must output 2*C channels, got {output.shape[1]}; "
+            "build it with out_channels = 2 * in_channels"
+        )
+    pred, var = output.chunk(2, dim=1)
+    return pred, var
+
+
+def learned_log_variance(v: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
+    """Improved DDPM eq. 15: ``log Sigma = u log beta_t + (1 - u) log beta-tilde_t``.
+
+    The network's raw variance output ``v`` (any real values, ideally in [-1, 1]) is mapped
+    to ``u = (v + 1) / 2``. beta-tilde_0 is 0, so its log is replaced by beta-tilde_1's, as
+    in the paper's code (:attr:`NoiseSchedule.posterior_log_variance_clipped`).
+    Shape of ``v``.
+    """
+    min_log = gather(schedule.posterior_log_variance_clipped, t, v)
+    max_log = gather(torch.log(schedule.betas), t, v)
+    u = (v + 1.0) / 2.0
+    return u * max_log + (1.0 - u) * min_log
+
+
+def fixed_log_variance(
+    variance_type: str, t: torch.Tensor, schedule: NoiseSchedule, like: torch.Tensor
+) -> torch.Tensor:
+    """``log sigma_t^2`` of a fixed reverse variance, shaped ``[B, 1, ..., 1]`` like ``like``.
+
+    ``fixed_small`` gives log beta-tilde_t and ``fixed_large`` log beta_t, each with the t = 0 entry
+    replaced by beta-tilde_1 (as in the Improved DDPM code): at t = 0 the sampler adds no noise, and
+    the decoder term of the bound then uses a small, finite variance.
+    """
+    if variance_type == "fixed_small":
+        table = schedule.posterior_log_variance_clipped
+    elif variance_type == "fixed_large":
+        table = torch.log(torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]]))
+        if schedule.timesteps == 1:
+            table = torch.log(schedule.betas)
+    else:
+        raise ValueError(f"unknown fixed variance type {variance_type!r}; choose fixed_small or fixed_large")
+    return gather(table, t, like)
+
+
+def p_mean_variance(
+    prediction: torch.Tensor,
+    var_values: torch.Tensor | None,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    prediction_type: str = "eps",
+    clip_x0: bool = False,
+    variance_type: str = "fixed_small",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reverse step ``p(x_{t-1} | x_t) = N(mean, exp(log_variance))`` a network defines.
+
+    The mean is the true posterior mean (DDPM eq. 7) with x0 replaced by the network's estimate;
+    for eps-prediction this is DDPM eq. 11,
+    ``mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)``. ``clip_x0`` clamps the
+    estimate to [-1, 1] first (used when sampling, not when training). The variance is learned
+    (Improved DDPM eq. 15) when ``var_values`` is given, else fixed by ``variance_type``.
+
+    Args:
+        prediction: the network's prediction ``[B, C, H, W]`` (eps, x0 or v).
+        var_values: the second half of a learned-variance output ``[B, C, H, W]``, or None.
+        x_t: ``[B, C, H, W]``; t: integer timesteps ``[B]``.
+
+    Returns ``(mean, log_variance, x0_hat)``, each broadcastable to ``x_t`` (a fixed log
+    variance is ``[B, 1, ..., 1]``).
+    """
+    x0_hat, _ = to_x0_and_eps(prediction, x_t, t, schedule, prediction_type)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+    mean, _ = q_posterior(x0_hat, x_t, t, schedule)
+    if var_values is not None:
+        log_var = learned_log_variance(var_values, t, schedule)
+    elif variance_type == "learned":
+        raise ValueError("variance_type 'learned' needs the model's variance channels (var_values)")
+    else:
+        log_var = fixed_log_variance(variance_type, t, schedule, x_t)
+    return mean, log_var, x0_hat
+
+
+# ---------------------------------------------------------------------------
+# The record of a diffusion setup: what a sampler needs besides the weights
+# ---------------------------------------------------------------------------
+
+CONDITIONINGS = ("none", "class", "text")
+"""What a model is conditioned on: nothing, a class label, or a text prompt (Phase 5)."""
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Everything about a diffusion model except its network: saved in every checkpoint.
+
+    A sampler needs exactly this and the model: the schedule (name and T) to rebuild
+    alpha_bar, what the network predicts, how the reverse variance is chosen, and what the
+    model is conditioned on. (diffusers saves the same information as a scheduler config
+    next to the weights.)
+
+    Attributes:
+        schedule: ``linear``, ``cosine`` or ``sigmoid`` (see :mod:`~diffusion_course.schedules`).
+        timesteps: T, the number of training diffusion steps.
+        prediction: what the network outputs: ``eps``, ``x0`` or ``v``.
+        variance: ``fixed_small``, ``fixed_large`` or ``learned`` (:data:`VARIANCE_TYPES`); a
+            ``learned`` model outputs ``2 C`` channels.
+        conditioning: ``none``, ``class`` or ``text`` (:data:`CONDITIONINGS`).
+        num_classes: the number of classes of a class-conditional model (else None).
+    """
+
+    schedule: str = "linear"
+    timesteps: int = 1000
+    prediction: str = "eps"
+    variance: str = "fixed_small"
+    conditioning: str = "none"
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        from .validation import check_choice, check_int
+
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_int("timesteps", self.timesteps, minimum=2)
+        check_choice("prediction", self.prediction, PREDICTION_TYPES)
+        check_choice("variance", self.variance, VARIANCE_TYPES)
+        check_choice("conditioning", self.conditioning, CONDITIONINGS)
+        if self.conditioning == "class":
+            check_int("num_classes", self.num_classes, minimum=2)
+        elif self.num_classes is not None:
+            raise ValueError(f"num_classes is only for conditioning='class', got conditioning={self.conditioning!r}")
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the network outputs variance channels too (Improved DDPM sec. 3.1)."""
+        return self.variance == "learned"
+
+    def output_channels(self, image_channels: int) -> int:
+        """Channels the network must output for ``image_channels``-channel images."""
+        return 2 * image_channels if self.learns_variance else image_channels
+
+    def noise_schedule(self) -> NoiseSchedule:
+        """The :class:`~diffusion_course.schedules.NoiseSchedule` this setup trains and samples with."""
+        return get_schedule(self.schedule, self.timesteps)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DiffusionConfig:
+        """Rebuild from :meth:`to_dict`'s output; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown DiffusionConfig field(s): {', '.join(unknown)}")
+        return cls(**values)

@@ -23,6 +23,8 @@ import copy
 import torch
 from torch import nn
 
+from .validation import check_ema_decay
+
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
@@ -33,6 +35,23 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """One EMA step, in place: ``theta_ema <- decay * theta_ema + (1 - decay) * theta``.
+
+    Every parameter of ``ema_model`` moves towards ``model``'s (cast to the EMA's dtype);
+    buffers (e.g. normalisation statistics) are copied as they are. No graph is built.
+    """
+    ema_params = list(ema_model.parameters())
+    params = [p.detach().to(q.dtype) for p, q in zip(model.parameters(), ema_params, strict=False)]
+    if len(ema_params) != len(list(model.parameters())):
+        raise ValueError("the EMA copy and the model have different parameters")
+    # lerp(a, b, w) = a + w (b - a) = decay a + (1 - decay) b for w = 1 - decay
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for ema_buf, buf in zip(ema_model.buffers(), model.buffers(), strict=True):
+        ema_buf.copy_(buf)
 
 
 class EMA:
@@ -47,8 +66,7 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay} (0.9999 is typical)")
+        check_ema_decay(decay)
         self.decay = float(decay)
         self.warmup = warmup
         self.num_updates = 0
@@ -62,25 +80,10 @@ class EMA:
         n = self.num_updates
         return min(self.decay, (1.0 + n) / (10.0 + n))
 
-    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights by one step."""
-        d = self.current_decay()
-        source = unwrap_model(model)
-        ema_params = list(self.module.parameters())
-        params = [p.detach().float() for p in source.parameters()]
-        if len(ema_params) != len(params):
-            raise ValueError("the EMA copy and the model have different parameters")
-        # lerp(a, b, w) = a + w (b - a) = d a + (1 - d) b for w = 1 - d
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for ema_buf, buf in zip(self.module.buffers(), source.buffers(), strict=True):
-            ema_buf.copy_(buf)
+        ema_update(self.module, unwrap_model(model), self.current_decay())
         self.num_updates += 1
-
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Overwrite ``model``'s weights with the averaged ones."""
-        unwrap_model(model).load_state_dict(self.module.state_dict())
 
     def state_dict(self) -> dict:
         """Plain, ``weights_only``-loadable state: decay, warm-up flag, update count, weights."""
@@ -99,4 +102,4 @@ class EMA:
         self.module.float()
 
 
-__all__ = ["EMA", "unwrap_model"]
+__all__ = ["EMA", "ema_update", "unwrap_model"]

@@ -35,12 +35,22 @@ Losses come back per example, shape ``[B]``, so callers can weight and average t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .diffusion import PREDICTION_TYPES, q_posterior, to_x0_and_eps, velocity
+from .diffusion import (
+    PREDICTION_TYPES,
+    DiffusionConfig,
+    p_mean_variance,
+    q_posterior,
+    q_sample,
+    split_output,
+    velocity,
+)
 from .schedules import NoiseSchedule, gather
+from .timesteps import make_timestep_sampler
+from .validation import check_choice, check_min_snr_gamma
 
 LOSS_TYPES = ("simple", "hybrid", "vlb")
 """``simple``: DDPM's MSE. ``hybrid``: MSE + lambda * VLB with learned variance. ``vlb``: the bound alone."""
@@ -52,10 +62,12 @@ MIN_SNR_GAMMA = 5.0
 """Hang et al. 2023's recommended clamp for min-SNR weighting."""
 
 
-def learns_variance(loss_type: str) -> bool:
-    """Whether a model trained with ``loss_type`` outputs a variance (``2 C`` output channels)."""
+def variance_for_loss(loss_type: str) -> str:
+    """The reverse variance a ``loss_type`` implies: the bound-based losses learn it
+    (Improved DDPM sec. 3.1), ``simple`` keeps DDPM's fixed beta-tilde. This is the one place
+    that decides it; the result is recorded in the checkpoint's :class:`DiffusionConfig`."""
     _check_loss_type(loss_type)
-    return loss_type in ("hybrid", "vlb")
+    return "learned" if loss_type in ("hybrid", "vlb") else "fixed_small"
 
 
 # ---------------------------------------------------------------------------
@@ -121,8 +133,7 @@ def min_snr_weights(
     Returns float32 ``[B]`` on ``t``'s device.
     """
     _check_prediction_type(prediction_type)
-    if not gamma > 0:
-        raise ValueError(f"min-SNR gamma must be positive (the paper uses 5), got {gamma}")
+    check_min_snr_gamma(gamma)
     snr = schedule.snr(t.cpu())
     clamped = snr.clamp(max=gamma)
     if prediction_type == "x0":
@@ -190,22 +201,6 @@ def discretized_gaussian_log_likelihood(
     )
 
 
-def learned_log_variance(
-    v: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule
-) -> torch.Tensor:
-    """Improved DDPM eq. 15: ``log Sigma = u log beta_t + (1 - u) log beta-tilde_t``.
-
-    The network's raw variance output ``v`` (any real values, ideally in [-1, 1]) is mapped
-    to ``u = (v + 1) / 2``. beta-tilde_0 is 0, so its log is replaced by beta-tilde_1's, as
-    in the paper's code (:attr:`NoiseSchedule.posterior_log_variance_clipped`).
-    Shape of ``v``.
-    """
-    min_log = gather(schedule.posterior_log_variance_clipped, t, v)
-    max_log = gather(torch.log(schedule.betas), t, v)
-    u = (v + 1.0) / 2.0
-    return u * max_log + (1.0 - u) * min_log
-
-
 def vlb_terms(
     model_mean: torch.Tensor,
     model_log_variance: torch.Tensor,
@@ -227,50 +222,6 @@ def vlb_terms(
     nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
     nll = mean_flat(nll) / math.log(2)
     return torch.where(t == 0, nll, kl)
-
-
-def split_output(output: torch.Tensor, learned_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Split a network output ``[B, 2C, ...]`` into (prediction, variance values) when the
-    variance is learned; otherwise return ``(output, None)``."""
-    if not learned_variance:
-        return output, None
-    if output.shape[1] % 2:
-        raise ValueError(
-            f"a learned-variance model must output 2*C channels, got {output.shape[1]}; "
-            "build it with out_channels = 2 * in_channels"
-        )
-    pred, var = output.chunk(2, dim=1)
-    return pred, var
-
-
-def p_mean_variance(
-    prediction: torch.Tensor,
-    var_values: torch.Tensor | None,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    schedule: NoiseSchedule,
-    prediction_type: str = "eps",
-    clip_x0: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reverse step ``p(x_{t-1} | x_t) = N(mean, exp(log_variance))`` a network defines.
-
-    The mean is the true posterior mean with x0 replaced by the network's estimate
-    (DDPM eq. 7 and sec. 3.2); ``clip_x0`` clamps that estimate to [-1, 1] first (used
-    when sampling, not when training). The variance is learned (Improved DDPM eq. 15) when
-    ``var_values`` is given, else DDPM's fixed beta-tilde_t.
-
-    Returns ``(mean, log_variance, x0_hat)``, each shaped like ``x_t`` (the fixed log
-    variance is ``[B, 1, ..., 1]``).
-    """
-    x0_hat, _ = to_x0_and_eps(prediction, x_t, t, schedule, prediction_type)
-    if clip_x0:
-        x0_hat = x0_hat.clamp(-1.0, 1.0)
-    mean, _ = q_posterior(x0_hat, x_t, t, schedule)
-    if var_values is None:
-        log_var = gather(schedule.posterior_log_variance_clipped, t, x_t)
-    else:
-        log_var = learned_log_variance(var_values, t, schedule)
-    return mean, log_var, x0_hat
 
 
 # ---------------------------------------------------------------------------
@@ -302,6 +253,7 @@ def diffusion_loss(
     min_snr_gamma: float | None = None,
     weights: torch.Tensor | None = None,
     vlb_lambda: float = HYBRID_LAMBDA,
+    variance_type: str | None = None,
 ) -> LossOutput:
     """The loss of a network output ``output = model(x_t, t)`` for ``x_t = q_sample(x0, t, noise)``.
 
@@ -318,14 +270,19 @@ def diffusion_loss(
         min_snr_gamma: if given, weight the MSE by :func:`min_snr_weights`.
         weights: optional per-example weights ``[B]`` (importance sampling's ``1 / (T p_t)``).
         vlb_lambda: lambda of the hybrid loss.
+        variance_type: the model's reverse variance (a :class:`DiffusionConfig`'s ``variance``);
+            ``None`` means :func:`variance_for_loss` of ``loss_type``.
 
     ``T * L_t`` is used because one sampled term stands in for the whole sum over t; for
     T = 1000 and lambda = 0.001 the bound's weight is exactly 1 per term, as in the paper's code.
     """
     _check_loss_type(loss_type)
     _check_prediction_type(prediction_type)
+    variance_type = variance_for_loss(loss_type) if variance_type is None else variance_type
+    if loss_type == "hybrid" and variance_type != "learned":
+        raise ValueError("the hybrid loss trains a learned variance; use loss 'simple' for a fixed variance")
     output = output.float()
-    pred, var_values = split_output(output, learns_variance(loss_type))
+    pred, var_values = split_output(output, variance_type == "learned")
     if pred.shape != x0.shape:
         raise ValueError(
             f"the model output {tuple(pred.shape)} does not match the images {tuple(x0.shape)}"
@@ -341,7 +298,9 @@ def diffusion_loss(
     else:
         # hybrid: the bound may only move the variance; L_simple owns the mean
         mean_input = pred.detach() if loss_type == "hybrid" else pred
-        mean, log_var, _ = p_mean_variance(mean_input, var_values, x_t, t, schedule, prediction_type)
+        mean, log_var, _ = p_mean_variance(
+            mean_input, var_values, x_t, t, schedule, prediction_type, variance_type=variance_type
+        )
         vlb = vlb_terms(mean, log_var, x0, x_t, t, schedule)
         scaled = vlb * schedule.timesteps
         per_example = mse + vlb_lambda * scaled if loss_type == "hybrid" else scaled
@@ -354,153 +313,225 @@ def diffusion_loss(
     )
 
 
-# ---------------------------------------------------------------------------
-# Which timesteps to train on
-# ---------------------------------------------------------------------------
-
-
-TIMESTEP_SAMPLERS = ("uniform", "importance")
-
-
-class UniformSampler:
-    """Draw ``t`` uniformly from ``{0, ..., T-1}`` (DDPM Algorithm 1). All weights are 1."""
-
-    def __init__(self, timesteps: int) -> None:
-        self.timesteps = timesteps
-
-    def sample(
-        self, batch_size: int, *, generator: torch.Generator | None = None, device=None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(t [B] long, weights [B] float32)``."""
-        t = torch.randint(0, self.timesteps, (batch_size,), generator=generator, device=device)
-        return t, torch.ones(batch_size, device=device)
-
-    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Uniform sampling learns nothing from the losses."""
-
-    def state_dict(self) -> dict:
-        return {"kind": "uniform", "timesteps": self.timesteps}
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_sampler_state(state, "uniform", self.timesteps)
-
-
-class ImportanceSampler:
-    """Improved DDPM sec. 3.3: ``p_t`` proportional to ``sqrt(E[L_t^2])``.
-
-    A ring buffer keeps the last ``history`` loss values of every ``t``. Until each ``t`` has
-    a full history the sampler is uniform; afterwards it draws ``t`` with probability
-    ``p_t ~ sqrt(mean(history_t^2))``, mixed with a little uniform mass (``uniform_prob``) so
-    no ``t`` is starved, and returns weights ``1 / (T p_t)`` that keep the loss unbiased.
-    """
-
-    def __init__(self, timesteps: int, history: int = 10, uniform_prob: float = 0.001) -> None:
-        self.timesteps = timesteps
-        self.history = history
-        self.uniform_prob = uniform_prob
-        self.losses = torch.zeros(timesteps, history, dtype=torch.float64)
-        self.counts = torch.zeros(timesteps, dtype=torch.long)
-
-    def warmed_up(self) -> bool:
-        """True once every t has ``history`` recorded losses."""
-        return bool((self.counts >= self.history).all())
-
-    def probabilities(self) -> torch.Tensor:
-        """``p_t`` as float64 ``[T]``, summing to 1."""
-        if not self.warmed_up():
-            return torch.full((self.timesteps,), 1.0 / self.timesteps, dtype=torch.float64)
-        p = self.losses.pow(2).mean(dim=1).sqrt()
-        p = p / p.sum()
-        return p * (1 - self.uniform_prob) + self.uniform_prob / self.timesteps
-
-    def sample(
-        self, batch_size: int, *, generator: torch.Generator | None = None, device=None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(t [B] long, weights [B] float32)`` with weights ``1 / (T p_t)``."""
-        p = self.probabilities()
-        probs = p.to(device=device if device is not None else "cpu", dtype=torch.float32)
-        t = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
-        weights = 1.0 / (self.timesteps * p[t.cpu()])
-        return t, weights.to(device=t.device, dtype=torch.float32)
-
-    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record per-example losses ``[B]`` for their timesteps ``t [B]`` (in order)."""
-        for ti, li in zip(t.cpu().tolist(), losses.detach().double().cpu().tolist(), strict=True):
-            if self.counts[ti] >= self.history:
-                self.losses[ti, :-1] = self.losses[ti, 1:].clone()
-                self.losses[ti, -1] = li
-            else:
-                self.losses[ti, self.counts[ti]] = li
-            self.counts[ti] += 1
-
-    def state_dict(self) -> dict:
-        return {
-            "kind": "importance",
-            "timesteps": self.timesteps,
-            "history": self.history,
-            "uniform_prob": self.uniform_prob,
-            "losses": self.losses.clone(),
-            "counts": self.counts.clone(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_sampler_state(state, "importance", self.timesteps)
-        self.history = int(state["history"])
-        self.uniform_prob = float(state["uniform_prob"])
-        self.losses = state["losses"].to(torch.float64).clone()
-        self.counts = state["counts"].to(torch.long).clone()
-
-
-def make_timestep_sampler(name: str, timesteps: int) -> UniformSampler | ImportanceSampler:
-    """``"uniform"`` -> :class:`UniformSampler`, ``"importance"`` -> :class:`ImportanceSampler`."""
-    if name == "uniform":
-        return UniformSampler(timesteps)
-    if name == "importance":
-        return ImportanceSampler(timesteps)
-    raise ValueError(
-        f"unknown timestep sampler {name!r}; choose one of: {', '.join(TIMESTEP_SAMPLERS)}"
-    )
-
-
-def _check_sampler_state(state: dict, kind: str, timesteps: int) -> None:
-    if state.get("kind") != kind or int(state.get("timesteps", -1)) != timesteps:
-        raise ValueError(
-            f"timestep sampler state is for {state.get('kind')!r} with T={state.get('timesteps')}, "
-            f"but this sampler is {kind!r} with T={timesteps}"
-        )
-
-
 def _check_loss_type(loss_type: str) -> None:
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss type {loss_type!r}; choose one of: {', '.join(LOSS_TYPES)}")
+    check_choice("loss type", loss_type, LOSS_TYPES)
 
 
 def _check_prediction_type(prediction_type: str) -> None:
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"unknown prediction type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}"
+    check_choice("prediction type", prediction_type, PREDICTION_TYPES)
+
+
+# ---------------------------------------------------------------------------
+# DDPM Algorithm 1 as a small object the training loop calls
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns for one batch.
+
+    Attributes:
+        loss: the scalar to back-propagate (a mean over the batch).
+        logs: detached ``[B]`` values to average into the metrics log (e.g. ``mse``, ``vlb``).
+        feedback: detached ``[B]`` tensors the objective learns from after the optimizer step
+            (the loop gathers them over all processes and passes them to ``objective.update``).
+    """
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    feedback: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def ddpm_loss(
+    model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: NoiseSchedule
+) -> torch.Tensor:
+    """DDPM's ``L_simple`` for given timesteps and noise (Algorithm 1, line 5; eq. 14), a scalar.
+
+    ``|| eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t) ||^2``, averaged
+    over pixels and the batch. ``x0``, ``noise``: ``[B, C, H, W]``; ``t``: ``[B]`` integers.
+    This is :class:`DiffusionObjective` with its defaults, evaluated at the given ``t`` and ``noise``.
+    """
+    objective = DiffusionObjective(DiffusionConfig(timesteps=schedule.timesteps), schedule=schedule)
+    return objective.loss_at(model, x0, t, noise).loss.mean()
+
+
+class DiffusionObjective:
+    """DDPM Algorithm 1 (Ho et al. 2020) for one batch: draw t and eps, noise x0, score the network.
+
+    ``objective(model, x0, cond, generator)`` draws ``t`` from the timestep sampler, then
+    ``eps ~ N(0, I)`` (in that order, from ``generator``), forms ``x_t = q_sample(x0, t, eps)``
+    and returns the per-example loss of ``model(x_t, t)`` (:func:`diffusion_loss`). The
+    training loop calls it without knowing what it computes, which is how the same loop also
+    trains a classifier or an autoencoder.
+
+    Args:
+        diffusion: the :class:`DiffusionConfig` (schedule, T, prediction target, variance,
+            conditioning); saved in every checkpoint.
+        loss: ``simple``, ``hybrid`` or ``vlb`` (:data:`LOSS_TYPES`); must agree with
+            ``diffusion.variance`` (:func:`variance_for_loss`).
+        min_snr: min-SNR-gamma weighting of the MSE (None: off).
+        timestep_sampler: ``uniform`` or ``importance`` (Improved DDPM sec. 3.3; only with ``vlb``).
+        cond_drop: for a class-conditional model, the probability of replacing a label with the
+            "no class" label, so that the same network also learns the unconditional model
+            (classifier-free guidance, Ho & Salimans 2022).
+        schedule: a prebuilt schedule (default: ``diffusion.noise_schedule()``).
+    """
+
+    def __init__(
+        self,
+        diffusion: DiffusionConfig,
+        *,
+        loss: str = "simple",
+        min_snr: float | None = None,
+        timestep_sampler: str = "uniform",
+        cond_drop: float = 0.0,
+        schedule: NoiseSchedule | None = None,
+    ) -> None:
+        _check_loss_type(loss)
+        if variance_for_loss(loss) == "learned" and diffusion.variance != "learned":
+            raise ValueError(f"loss {loss!r} learns the variance: use DiffusionConfig(variance='learned')")
+        if loss == "simple" and diffusion.variance == "learned":
+            raise ValueError("a learned variance is trained by the bound: use loss 'hybrid' or 'vlb'")
+        if timestep_sampler == "importance" and loss != "vlb":
+            raise ValueError(
+                "importance sampling of t is for the 'vlb' loss (Improved DDPM sec. 3.3); with "
+                f"{loss!r} its weights would rescale L_simple too; use the uniform timestep sampler"
+            )
+        if min_snr is not None:
+            check_min_snr_gamma(min_snr)
+        if not 0.0 <= cond_drop < 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop} (0.1 is typical)")
+        if diffusion.conditioning == "text":
+            raise ValueError("text conditioning is not available yet; use conditioning 'none' or 'class'")
+        self.diffusion = diffusion
+        self.loss = loss
+        self.min_snr = min_snr
+        self.cond_drop = cond_drop
+        self.schedule = schedule if schedule is not None else diffusion.noise_schedule()
+        self.timesteps = make_timestep_sampler(timestep_sampler, diffusion.timesteps)
+
+    def __call__(self, model, x0: torch.Tensor, cond, generator: torch.Generator) -> ObjectiveOutput:
+        """One batch of Algorithm 1. ``x0``: ``[B, C, H, W]`` in [-1, 1]; ``cond``: the batch's
+        labels (used only by a conditional model); ``generator``: on ``x0``'s device."""
+        t, weights = self.timesteps.sample(x0.shape[0], generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        cond = self.drop_labels(cond, generator)
+        out = self.loss_at(model, x0, t, noise, cond, weights=weights)
+        logs = {} if out.vlb is None else {"mse": out.mse, "vlb": out.vlb}
+        feedback = {} if out.vlb is None else {"t": t, "vlb": out.vlb}
+        return ObjectiveOutput(loss=out.loss, logs=logs, feedback=feedback)
+
+    def loss_at(
+        self, model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond=None,
+        weights: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """The loss for given ``t [B]`` and ``noise [B, C, H, W]`` (no random draws)."""
+        x_t = q_sample(x0, t, noise, self.schedule)
+        output = model(x_t, t, **self.model_inputs(cond))
+        return diffusion_loss(
+            output, x0, x_t, noise, t, self.schedule,
+            prediction_type=self.diffusion.prediction, loss_type=self.loss, min_snr_gamma=self.min_snr,
+            variance_type=self.diffusion.variance, weights=weights,
         )
 
+    def model_inputs(self, cond) -> dict:
+        """The keyword arguments that carry ``cond`` into the network (none when unconditional)."""
+        if self.diffusion.conditioning == "class" and cond is not None:
+            return {"class_labels": cond}
+        return {}
+
+    def drop_labels(self, labels, generator: torch.Generator):
+        """Replace each label by the "no class" label ``num_classes`` with probability ``cond_drop``."""
+        if self.diffusion.conditioning != "class" or labels is None or self.cond_drop == 0:
+            return labels
+        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.cond_drop
+        return torch.where(drop, torch.full_like(labels, self.diffusion.num_classes), labels)
+
+    def update(self, feedback: dict[str, torch.Tensor]) -> None:
+        """After the optimizer step: let the timestep sampler learn from the bound's terms."""
+        if feedback:
+            self.timesteps.update(feedback["t"], feedback["vlb"])
+
+    def records(self) -> dict:
+        """Plain data to keep in checkpoints: the diffusion setup a sampler will need."""
+        return {"diffusion_config": self.diffusion.to_dict()}
+
+    def state_dict(self) -> dict:
+        return {"timestep_sampler": self.timesteps.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.timesteps.load_state_dict(state["timestep_sampler"])
+
+    @torch.no_grad()
+    def preview(self, model, shape: tuple[int, ...], generator: torch.Generator, steps: int | None = None):
+        """Images ``shape = [B, C, H, W]`` in [-1, 1] from ``model``: what it has learned so far.
+
+        DDPM ancestral sampling with ``steps`` respaced steps (None: all T). A class-conditional
+        model draws the classes ``0, 1, 2, ...`` in turn, so a grid shows every class.
+        """
+        from .sampling import ddpm_sample
+
+        labels = None
+        if self.diffusion.conditioning == "class":
+            labels = torch.arange(shape[0], device=generator.device) % self.diffusion.num_classes
+
+        def denoiser(x, t):
+            return model(x, t, **self.model_inputs(labels))
+
+        return ddpm_sample(
+            denoiser, self.schedule, shape, generator=generator, steps=steps,
+            prediction_type=self.diffusion.prediction, variance_type=self.diffusion.variance,
+            device=generator.device,
+        )
+
+
+@torch.no_grad()
+def loss_per_timestep(
+    model, images: torch.Tensor, schedule: NoiseSchedule, timesteps, *, seed: int = 0,
+    batch_size: int = 128, prediction_type: str = "eps",
+) -> dict[int, float]:
+    """Held-out MSE of the network's prediction at each ``t`` in ``timesteps``, with fixed noise.
+
+    The same noise (drawn once from ``seed``) is used at every ``t``, so two models or two
+    checkpoints are compared on identical inputs. ``images``: ``[N, C, H, W]`` in [-1, 1], on the
+    model's device. Returns ``{t: mean MSE}``; the curve falls steeply with t (small t: the noise
+    is a tiny perturbation that is hard to tell from texture; large t: predicting the noise is easy).
+    """
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    noise = torch.randn(images.shape, generator=gen, device=images.device)
+    out = {}
+    for t_value in timesteps:
+        total = 0.0
+        for start in range(0, images.shape[0], batch_size):
+            x0, eps = images[start : start + batch_size], noise[start : start + batch_size]
+            t = torch.full((x0.shape[0],), int(t_value), dtype=torch.long, device=images.device)
+            pred = model(q_sample(x0, t, eps, schedule), t).float()
+            target = training_target(x0, eps, t, schedule, prediction_type)
+            total += mean_flat((pred[:, : x0.shape[1]] - target) ** 2).sum().item()
+        out[int(t_value)] = total / images.shape[0]
+    if was_training:
+        model.train()
+    return out
 
 __all__ = [
     "HYBRID_LAMBDA",
     "LOSS_TYPES",
     "MIN_SNR_GAMMA",
-    "TIMESTEP_SAMPLERS",
-    "ImportanceSampler",
+    "DiffusionObjective",
     "LossOutput",
-    "UniformSampler",
+    "ObjectiveOutput",
+    "ddpm_loss",
     "diffusion_loss",
     "discretized_gaussian_log_likelihood",
-    "learned_log_variance",
-    "learns_variance",
-    "make_timestep_sampler",
+    "loss_per_timestep",
     "mean_flat",
     "min_snr_weights",
     "normal_kl",
-    "p_mean_variance",
     "simple_loss",
-    "split_output",
     "training_target",
+    "variance_for_loss",
     "vlb_terms",
 ]

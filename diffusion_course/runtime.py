@@ -1,4 +1,4 @@
-"""Where and how code runs: device choice, reproducible seeds, and the course's fast mode.
+"""Where and how code runs: device choice, reproducible seeds and random states, the course's fast mode.
 
 Fast mode shrinks every long computation in the notebooks (fewer training steps, fewer
 images) so that continuous integration can execute each notebook in well under three
@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 _TRUE = {"1", "true", "yes", "on"}
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""Device names :func:`get_device` accepts (``cuda:N`` too); ``auto`` picks the best available."""
 
 
 def fast_mode() -> bool:
@@ -52,7 +55,7 @@ def get_device(name: str = "auto") -> torch.device:
         if mps is None or not mps.is_available():
             raise ValueError("device 'mps' was requested but MPS is not available; use --device cpu")
     if name not in {"cpu", "mps"} and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, mps")
+        raise ValueError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
     return torch.device(name)
 
 
@@ -66,3 +69,58 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------
+# Random number generator states (what a checkpoint must hold to resume exactly)
+# ---------------------------------------------------------------------------
+
+
+def capture_rng_state(generator: torch.Generator) -> dict:
+    """This process's random states as plain data (tensors, lists, numbers).
+
+    ``generator`` is the training loop's own generator (noise, timesteps, flips), on the
+    training device; torch's global CPU generator (dropout on the CPU), the current CUDA
+    device's (dropout on a GPU), Python's and NumPy's are saved too.
+    """
+    np_state = np.random.get_state()
+    state = {
+        "device": generator.device.type,
+        "noise": generator.get_state(),
+        "torch_cpu": torch.get_rng_state(),
+        "python": _listify(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    if generator.device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(generator.device)
+    return state
+
+
+def restore_rng_state(state: dict, generator: torch.Generator) -> bool:
+    """Inverse of :func:`capture_rng_state`. Returns False, and leaves ``generator`` alone, when
+    the state was captured on another device type (a CUDA run resumed on the CPU, say): a CUDA
+    generator's state cannot drive a CPU generator, so that continuation cannot be bit-exact.
+    The global CPU, Python and NumPy states are restored either way."""
+    torch.set_rng_state(state["torch_cpu"].cpu())
+    random.setstate(_tuplify(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    saved_on = state.get("device", "cuda" if "torch_cuda" in state else "cpu")
+    if saved_on != generator.device.type:
+        return False
+    generator.set_state(state["noise"].cpu())
+    if generator.device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"].cpu(), generator.device)
+    return True
+
+
+def _listify(value):
+    if isinstance(value, (tuple, list)):
+        return [_listify(v) for v in value]
+    return value
+
+
+def _tuplify(value):
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value

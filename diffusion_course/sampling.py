@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from .losses import p_mean_variance, split_output
+from .diffusion import VARIANCE_TYPES, p_mean_variance, split_output
 from .schedules import NoiseSchedule
 
 
@@ -42,6 +42,8 @@ def respaced_timesteps(timesteps: int, steps: int | None) -> torch.Tensor:
         return torch.arange(timesteps - 1, -1, -1)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be an integer in [1, {timesteps}], got {steps!r}")
+    if steps == 1:
+        return torch.tensor([timesteps - 1])  # one step must start from pure noise, not t = 0
     grid = torch.linspace(0, timesteps - 1, steps, dtype=torch.float64).round().long()
     return grid.flip(0)
 
@@ -69,6 +71,7 @@ def ddpm_step(
     prediction_type: str = "eps",
     learned_variance: bool = False,
     clip_x0: bool = True,
+    variance_type: str = "fixed_small",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of DDPM Algorithm 2: ``x_t -> x_{t-1}``.
 
@@ -80,22 +83,26 @@ def ddpm_step(
         schedule: the (possibly respaced) schedule.
         noise: standard normal ``[B, C, H, W]`` for ``t > 0`` (ignored at ``t = 0``).
         clip_x0: clamp the x0 estimate to [-1, 1] before forming the mean.
+        variance_type: ``fixed_small`` (beta-tilde_t) or ``fixed_large`` (beta_t) when the
+            variance is not learned.
 
     Returns:
         ``(x_{t-1}, x0_hat)``, both shaped like ``x_t``.
     """
     pred, var_values = split_output(model_output, learned_variance)
     t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+    fixed = "fixed_small" if learned_variance else variance_type
     mean, log_var, x0_hat = p_mean_variance(
-        pred, var_values, x_t, t_batch, schedule, prediction_type, clip_x0=clip_x0
+        pred, var_values, x_t, t_batch, schedule, prediction_type, clip_x0=clip_x0, variance_type=fixed
     )
     if t == 0:
         return mean, x0_hat
     if noise is None or noise.shape != x_t.shape:
         raise ValueError(f"noise of shape {tuple(x_t.shape)} is needed for t > 0")
     if var_values is None:
-        # beta-tilde_t itself (not the clipped log) -- exactly DDPM's sigma_t^2 for t >= 1
-        std = schedule.posterior_variance[t].sqrt().to(x_t.dtype)
+        # sigma_t^2 itself, beta-tilde_t or beta_t (for t >= 1 the log tables hold exactly these)
+        table = schedule.posterior_variance if variance_type == "fixed_small" else schedule.betas
+        std = table[t].sqrt().to(x_t.dtype)
         return mean + std * noise, x0_hat
     return mean + torch.exp(0.5 * log_var) * noise, x0_hat
 
@@ -112,6 +119,7 @@ def ddpm_sample(
     device: torch.device | str | None = None,
     clip_x0: bool = True,
     progress: bool = False,
+    variance_type: str | None = None,
 ) -> torch.Tensor:
     """Draw images with DDPM ancestral sampling (Algorithm 2), ``[B, C, H, W]`` in [-1, 1].
 
@@ -128,6 +136,8 @@ def ddpm_sample(
         device: where to sample; defaults to the model's device (or the CPU).
         clip_x0: clamp each x0 estimate to [-1, 1] (DDPM's reference sampler does).
         progress: show a tqdm bar.
+        variance_type: the model's reverse variance (its :class:`~diffusion_course.diffusion.DiffusionConfig`'s
+            ``variance``); ``None`` reads it from the output's channel count (2C: learned, else fixed_small).
 
     The result is clamped to [-1, 1].
     """
@@ -138,6 +148,8 @@ def ddpm_sample(
     order = respaced_timesteps(schedule.timesteps, steps)
     sched = schedule if steps is None or steps == schedule.timesteps else respace_schedule(schedule, order)
     channels = shape[1]
+    if variance_type is not None and variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"unknown variance type {variance_type!r}; choose one of: {', '.join(VARIANCE_TYPES)}")
 
     x = torch.randn(shape, generator=generator, device=device)
     iterator = enumerate(order.tolist())
@@ -149,11 +161,12 @@ def ddpm_sample(
     for i, t in iterator:
         t_model = torch.full((shape[0],), t, device=device, dtype=torch.long)
         out = model(x, t_model).float()
-        learned = out.shape[1] == 2 * channels
-        if not learned and out.shape[1] != channels:
+        learned = out.shape[1] == 2 * channels if variance_type is None else variance_type == "learned"
+        expected = 2 * channels if learned else channels
+        if out.shape[1] != expected:
             raise ValueError(
                 f"the model returned {out.shape[1]} channels for {channels}-channel images; "
-                f"expected {channels} (or {2 * channels} with a learned variance)"
+                f"expected {expected} for variance type {variance_type or 'fixed_small'!r}"
             )
         step_index = n - 1 - i  # index into the (respaced) schedule
         noise = torch.randn(shape, generator=generator, device=device) if step_index > 0 else None
@@ -166,19 +179,9 @@ def ddpm_sample(
             prediction_type=prediction_type,
             learned_variance=learned,
             clip_x0=clip_x0,
+            variance_type="fixed_small" if learned or variance_type is None else variance_type,
         )
     return x.clamp(-1.0, 1.0)
 
 
-def save_image_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
-    """Write images ``[B, C, H, W]`` in [-1, 1] as one PNG grid (``nrow`` per row; default sqrt(B))."""
-    import math
-
-    from torchvision.utils import save_image
-
-    if nrow is None:
-        nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
-    save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), str(path), nrow=nrow)
-
-
-__all__ = ["ddpm_sample", "ddpm_step", "respace_schedule", "respaced_timesteps", "save_image_grid"]
+__all__ = ["ddpm_sample", "ddpm_step", "respace_schedule", "respaced_timesteps"]

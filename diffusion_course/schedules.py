@@ -20,7 +20,10 @@ Three schedules are provided:
 
 ``linear``
     DDPM's choice: betas rise linearly from 1e-4 to 0.02 (DDPM section 4). Those end
-    points were chosen for T = 1000 and are used as given, with no rescaling for other T.
+    points were chosen for T = 1000; for another T both are multiplied by 1000 / T, as in
+    the Improved DDPM code, so that alpha_bar still ends near zero (unscaled, T = 100 would
+    end at alpha_bar = 0.36: sampling would start from "pure noise" that is a third image).
+    T = 1000 is unchanged; for T <= 20 the largest betas are capped at 0.999.
 ``cosine``
     Improved DDPM (Nichol & Dhariwal 2021, eq. 17): alpha_bar follows a squared cosine,
     ``f(t) = cos(((t/T + s) / (1 + s)) * pi/2)^2`` with ``s = 0.008``, and
@@ -61,6 +64,18 @@ def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.0
     """
     _check_timesteps(timesteps)
     return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def scaled_linear_betas(timesteps: int, max_beta: float = MAX_BETA) -> torch.Tensor:
+    """The ``linear`` schedule for any T: DDPM's end points times ``1000 / T`` (Improved DDPM code).
+
+    The product of the alphas then stays about the same as DDPM's at T = 1000 (alpha_bar_T
+    ~ 4e-5), so x_T is pure noise for every T. Betas above ``max_beta`` (only for T <= 20)
+    are capped. Float64 ``[timesteps]``.
+    """
+    _check_timesteps(timesteps)
+    scale = 1000.0 / timesteps
+    return linear_betas(timesteps, 1e-4 * scale, 0.02 * scale).clamp(max=max_beta)
 
 
 def cosine_alpha_bar(u: torch.Tensor, s: float = 0.008) -> torch.Tensor:
@@ -227,7 +242,7 @@ def get_schedule(name: str, timesteps: int = 1000) -> NoiseSchedule:
     if not isinstance(name, str):
         raise ValueError(f"schedule name must be a string, one of {', '.join(SCHEDULES)}")
     key = name.strip().lower()
-    builders = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
+    builders = {"linear": scaled_linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
     if key not in builders:
         raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
     return NoiseSchedule(key, builders[key](timesteps))
@@ -243,12 +258,15 @@ def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
 
     Returns:
         Shape ``[B, 1, ..., 1]`` (as many trailing ones as ``like`` has extra dims), on
-        ``like``'s device and in ``like``'s dtype. The lookup happens in float64 before
-        the cast, so no precision is lost for small betas.
+        ``like``'s device and in ``like``'s dtype.
+
+    The table is cast to ``like``'s dtype on the CPU before it moves: Apple's MPS has no
+    float64, and a float64 table would be rounded to that dtype at the end anyway.
     """
-    out = values.to(t.device)[t.long()]
+    table = values.detach().to(dtype=like.dtype)
+    out = table.to(t.device)[t.long()]
     out = out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
-    return out.to(device=like.device, dtype=like.dtype)
+    return out.to(device=like.device)
 
 
 def check_timesteps(t: torch.Tensor, timesteps: int) -> None:

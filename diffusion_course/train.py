@@ -10,9 +10,13 @@ and the same on K GPUs (or K CPU processes) with DistributedDataParallel::
 
 The script reads like its four steps: **parse** the arguments, **validate** everything
 that can be checked before training starts (bad input ends with one line on stderr and
-exit code 2), **build** data, model and :class:`~diffusion_course.training.Trainer`, and
+exit code 2), **build** data, model, objective and :class:`~diffusion_course.trainer.Trainer`, and
 **run**. Exit codes: 0 done (or time limit reached), 1 non-finite loss, 2 bad input,
 130 interrupted by Ctrl-C (after saving a checkpoint).
+
+Every option is a field of :class:`~diffusion_course.training.TrainConfig`: the parser is
+generated from the dataclass (its help texts and choices live in the field metadata), so
+the two cannot drift apart.
 
 A run never loses a checkpoint: ``--out`` holding a checkpoint is refused unless
 ``--resume`` is given, ``--resume`` continues bit for bit, and every save is atomic.
@@ -26,33 +30,18 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .diffusion import PREDICTION_TYPES
 from .distributed import cleanup_distributed, init_distributed, launched_by_torchrun
-from .losses import LOSS_TYPES, MIN_SNR_GAMMA, TIMESTEP_SAMPLERS
 from .runtime import get_device, seed_everything
-from .schedules import SCHEDULES
-from .training import (
-    FLIP_CHOICES,
-    PRECISIONS,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    build_model,
-    check_precision,
-    load_training_data,
-    resolve_hflip,
-)
+from .trainer import NonFiniteLossError, Trainer
+from .training import TrainConfig, build_model, build_objective, check_precision, resolve_hflip
 
 PROG = "diffusion-course-train"
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder")
-MODELS = ("tiny", "small", "ddpm-cifar10")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 RESUMABLE = {
     "epochs", "max_steps", "max_minutes", "device", "precision", "compile", "channels_last",
     "grad_checkpoint", "num_workers", "data_dir", "out", "log_every", "sample_every",
@@ -70,68 +59,45 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------------------
 
 
+GROUP_TITLES = {
+    "data": "data", "diffusion": "diffusion", "model": "model", "optimisation": "optimisation",
+    "length": "how long (the first limit reached ends the run)", "run": "run",
+}  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser. Options left out keep :class:`TrainConfig`'s defaults."""
-    d = TrainConfig()
+    """The argument parser, one option per :class:`TrainConfig` field (``--batch-size`` for
+    ``batch_size``). Options left out keep the config's defaults."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Train a diffusion model (DDPM / Improved DDPM) on an image dataset.",
         argument_default=argparse.SUPPRESS,  # only options the user gave end up in the namespace
     )
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, help=f"which images (default: {d.dataset})")
-    data.add_argument("--data-dir", help="local copy of the data (required for 'folder')")
-    data.add_argument("--image-size", type=int, help="resize to this side (default: native)")
-    data.add_argument("--limit", type=int, help="use only N training images, spread evenly over the set (quick tests)")
-    data.add_argument("--hflip", choices=FLIP_CHOICES,
-                      help="random left-right flips: auto = on for cifar10/folder, off for "
-                           "mnist/fashion-mnist (default: auto)")
-    diff = p.add_argument_group("diffusion")
-    diff.add_argument("--timesteps", type=int, help=f"T (default: {d.timesteps})")
-    diff.add_argument("--schedule", choices=SCHEDULES, help=f"beta schedule (default: {d.schedule})")
-    diff.add_argument("--prediction", choices=PREDICTION_TYPES,
-                      help=f"network target (default: {d.prediction})")
-    diff.add_argument("--loss", choices=LOSS_TYPES,
-                      help="simple = DDPM's MSE; hybrid = MSE + 0.001 VLB with a learned variance "
-                           f"(Improved DDPM); vlb = the bound alone (default: {d.loss})")
-    diff.add_argument("--min-snr", type=float, nargs="?", const=MIN_SNR_GAMMA, metavar="GAMMA",
-                      help=f"min-SNR loss weighting (Hang et al. 2023), gamma {MIN_SNR_GAMMA:g} if no value")
-    diff.add_argument("--timestep-sampler", choices=TIMESTEP_SAMPLERS,
-                      help="importance sampling of t (Improved DDPM 3.3; with --loss hybrid/vlb)")
-    model = p.add_argument_group("model")
-    model.add_argument("--model", choices=MODELS, help=f"U-Net preset (default: {d.model})")
-    model.add_argument("--grad-checkpoint", action="store_true", help="recompute activations to save memory")
-    model.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on GPUs)")
-    model.add_argument("--compile", action="store_true", help="torch.compile the model")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, help=f"images per process per forward pass (default: {d.batch_size})")
-    opt.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default: {d.grad_accum})")
-    opt.add_argument("--lr", type=float, help=f"AdamW learning rate (default: {d.lr:g})")
-    opt.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default: {d.weight_decay:g})")
-    opt.add_argument("--warmup-steps", type=int, help=f"linear lr warm-up (default: {d.warmup_steps})")
-    opt.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default: {d.grad_clip})")
-    opt.add_argument("--ema-decay", type=float, help=f"EMA decay (default: {d.ema_decay})")
-    opt.add_argument("--precision", choices=PRECISIONS,
-                     help="fp32, bf16 autocast (CPU/GPU), fp16 + grad scaler (CUDA only) (default: fp32)")
-    length = p.add_argument_group("how long (the first limit reached ends the run)")
-    length.add_argument("--epochs", type=float, help="passes over the data")
-    length.add_argument("--max-steps", type=int, help="optimizer steps")
-    length.add_argument("--max-minutes", type=float, help="wall-clock minutes, then save and stop")
-    run = p.add_argument_group("run")
-    run.add_argument("--out", help=f"output folder (default: {d.out})")
-    run.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    run.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
-    run.add_argument("--device", choices=DEVICES, help="auto = cuda, then mps, then cpu")
-    run.add_argument("--num-workers", type=int, help=f"DataLoader workers for large folders (default: {d.num_workers})")
-    run.add_argument("--log-every", type=int, help=f"steps per metrics line (default: {d.log_every})")
-    run.add_argument("--sample-every", type=int, help=f"steps per sample grid, 0 = off (default: {d.sample_every})")
-    run.add_argument("--sample-count", type=int, help=f"images per grid (default: {d.sample_count})")
-    run.add_argument("--sample-steps", type=int,
-                     help=f"respaced DDPM steps per grid, min(this, T) (default: {d.sample_steps})")
-    run.add_argument("--checkpoint-every", type=int,
-                     help=f"steps per checkpoint, 0 = only at the end (default: {d.checkpoint_every})")
-    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    groups = {key: p.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        group = groups[meta.pop("group")]
+        text, choices = meta.pop("help"), meta.pop("choices")
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            if f.default:  # an option can only switch a True default off
+                group.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", help=f"don't {text}")
+            else:
+                group.add_argument(flag, action="store_true", help=text)
+            continue
+        shown = "" if f.default is None else f" (default: {f.default})"
+        group.add_argument(flag, type=_option_type(f.type), choices=choices, help=text + shown, **meta)
+        if f.name == "out":
+            group.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     return p
+
+
+def _option_type(annotation: str):
+    """The argparse type of a field annotated ``int``, ``float | None``, ``str`` ..."""
+    for name, kind in (("int", int), ("float", float)):
+        if annotation.split(" | ")[0] == name:
+            return kind
+    return str
 
 
 # ---------------------------------------------------------------------------
@@ -265,6 +231,7 @@ def build_trainer(config: TrainConfig, state: dict | None, device: torch.device,
     Raises ValueError (:class:`UsageError`) for data or a model that cannot work, before any
     training step. Prints the config on rank 0 and writes it to ``out/config.json``.
     """
+    from .batching import load_training_data
     from .data import load_dataset
 
     main_rank = info is None or info.is_main
@@ -278,9 +245,11 @@ def build_trainer(config: TrainConfig, state: dict | None, device: torch.device,
     check_model_fits(config, probe.image_size)
 
     source, stats = load_training_data(config, device, progress=main_rank)
+    num_classes = len(stats["classes"]) if stats.get("classes") else None
     seed_everything(config.seed)  # identical initial weights on every rank
-    model = build_model(config, stats["channels"], stats["image_size"])
-    trainer = Trainer(config, model, source, device=device, data_stats=stats, info=info)
+    model = build_model(config, stats["channels"], stats["image_size"], num_classes)
+    objective = build_objective(config, num_classes)
+    trainer = Trainer(config, model, source, objective=objective, device=device, data_stats=stats, info=info)
     if state is not None:
         trainer.load_state(state)
         trainer.last_checkpoint = trainer.checkpoint_path

@@ -43,23 +43,13 @@ def to_display(images: torch.Tensor) -> np.ndarray:
     return x[0] if images.ndim == 3 else x
 
 
-def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
-    """Tile a batch ``[B, C, H, W]`` into one image ``[C, H', W']`` (still in [-1, 1]).
+def save_image_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
+    """Write images ``[B, C, H, W]`` in [-1, 1] as one PNG grid (``nrow`` per row; default sqrt(B))."""
+    from torchvision.utils import save_image
 
-    ``nrow`` images per row; by default the grid is as square as possible. Padding is
-    white (+1) so dark images stay separated.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"make_grid expects [B, C, H, W], got {tuple(images.shape)}")
-    b, c, h, w = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
-    ncol = math.ceil(b / nrow)
-    grid = images.new_ones(c, ncol * (h + padding) + padding, nrow * (w + padding) + padding)
-    for i in range(b):
-        r, q = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + q * (w + padding)
-        grid[:, top : top + h, left : left + w] = images[i]
-    return grid
+    if nrow is None:
+        nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+    save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), str(path), nrow=nrow)
 
 
 def show_images(

@@ -9,23 +9,21 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from diffusion_course.diffusion import q_sample
+from diffusion_course.diffusion import learned_log_variance, p_mean_variance, q_sample
 from diffusion_course.losses import (
     HYBRID_LAMBDA,
-    ImportanceSampler,
-    UniformSampler,
     diffusion_loss,
     discretized_gaussian_log_likelihood,
-    learned_log_variance,
-    make_timestep_sampler,
     min_snr_weights,
     normal_kl,
-    p_mean_variance,
     simple_loss,
     training_target,
     vlb_terms,
 )
 from diffusion_course.schedules import get_schedule
+from diffusion_course.timesteps import ImportanceTimesteps as ImportanceSampler
+from diffusion_course.timesteps import UniformTimesteps as UniformSampler
+from diffusion_course.timesteps import make_timestep_sampler
 
 
 @pytest.fixture(scope="module")

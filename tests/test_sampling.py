@@ -11,9 +11,9 @@ from diffusion_course.sampling import (
     ddpm_step,
     respace_schedule,
     respaced_timesteps,
-    save_image_grid,
 )
 from diffusion_course.schedules import get_schedule
+from diffusion_course.viz import save_image_grid
 
 DIFFUSERS_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
@@ -22,6 +22,9 @@ def _scheduler(kind: str, timesteps: int = 1000, **kw) -> DDPMScheduler:
     return DDPMScheduler(
         num_train_timesteps=timesteps,
         beta_schedule="linear",
+        # our linear schedule scales DDPM's end points by 1000/T (Improved DDPM); diffusers does not
+        beta_start=1e-4 * 1000 / timesteps,
+        beta_end=0.02 * 1000 / timesteps,
         prediction_type=DIFFUSERS_TYPE[kind],
         variance_type=kw.pop("variance_type", "fixed_small"),
         clip_sample=True,
@@ -76,7 +79,6 @@ def test_full_sampling_loop_matches_diffusers(steps):
     ours = ddpm_sample(model, schedule, shape, generator=torch.Generator().manual_seed(3), steps=steps)
 
     sched = _scheduler("eps", timesteps, timestep_spacing="linspace")
-    # diffusers' linear schedule for T != 1000 keeps the same end points, as ours does
     sched.set_timesteps(steps or timesteps)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(shape, generator=g)

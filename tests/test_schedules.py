@@ -17,17 +17,25 @@ diffusers = pytest.importorskip("diffusers")
 @pytest.mark.parametrize("timesteps", [1000, 250])
 def test_matches_diffusers_ddpm_scheduler(ours, theirs, timesteps):
     s = get_schedule(ours, timesteps)
-    ref = diffusers.DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=theirs)
+    # diffusers keeps DDPM's linear end points for every T; ours scales them by 1000/T (Improved DDPM)
+    scale = {"beta_start": 1e-4 * 1000 / timesteps, "beta_end": 0.02 * 1000 / timesteps} if ours == "linear" else {}
+    ref = diffusers.DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=theirs, **scale)
     assert torch.allclose(s.betas, ref.betas.double(), atol=1e-6, rtol=0)
     assert torch.allclose(s.alphas, ref.alphas.double(), atol=1e-6, rtol=0)
     assert torch.allclose(s.alphas_cumprod, ref.alphas_cumprod.double(), atol=1e-6, rtol=0)
 
 
-def test_linear_endpoints_are_not_rescaled():
-    for T in (10, 1000, 4000):
+def test_linear_endpoints_scale_with_T_so_x_T_is_pure_noise():
+    for T in (25, 50, 100, 1000, 4000):
         b = get_schedule("linear", T).betas
-        assert b[0].item() == pytest.approx(1e-4) and b[-1].item() == pytest.approx(0.02)
-        assert torch.allclose(b.diff(), torch.full((T - 1,), (0.02 - 1e-4) / (T - 1), dtype=torch.float64))
+        scale = 1000 / T
+        assert b[0].item() == pytest.approx(1e-4 * scale) and b[-1].item() == pytest.approx(0.02 * scale)
+        assert torch.allclose(b.diff(), torch.full((T - 1,), (0.02 - 1e-4) * scale / (T - 1), dtype=torch.float64))
+        # unscaled, T = 100 would end at alpha_bar = 0.36; scaled, every T ends near DDPM's 4e-5
+        assert get_schedule("linear", T).alphas_cumprod[-1].item() < 1e-4
+    assert schedules.linear_betas(100)[-1].item() == pytest.approx(0.02)  # the raw formula is DDPM's
+    tiny = get_schedule("linear", 10).betas  # 0.02 * 100 > 1: capped, still a valid schedule
+    assert tiny.max().item() == pytest.approx(schedules.MAX_BETA) and bool((tiny < 1).all())
 
 
 def test_cosine_follows_improved_ddpm_eq17_and_clips():

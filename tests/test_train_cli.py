@@ -69,7 +69,7 @@ def _existing_run(tmp_path) -> Path:
         (["--precision", "fp16"], "precision fp16 needs a CUDA GPU"),
         (["--dataset", "mnist", "--hflip", "on"], "not allowed for mnist"),
         (["--grad-accum", "-1"], "grad_accum must be an integer >= 1"),
-        (["--timestep-sampler", "importance"], "importance sampling of t needs the variational bound"),
+        (["--timestep-sampler", "importance"], "importance sampling of t is for the 'vlb' loss"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_training(tmp_path, capsys, args, message):

@@ -15,20 +15,14 @@ import pytest
 import torch
 
 from diffusion_course.batching import BatchStream, epoch_permutation, load_training_data
-from diffusion_course.checkpoint import load_checkpoint
+from diffusion_course.checkpoint import load_checkpoint, load_model
 from diffusion_course.diffusion import q_sample
 from diffusion_course.distributed import DistInfo
 from diffusion_course.ema import unwrap_model
 from diffusion_course.losses import diffusion_loss
 from diffusion_course.runtime import seed_everything
-from diffusion_course.training import (
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    check_precision,
-    load_model_from_checkpoint,
-    resolve_hflip,
-)
+from diffusion_course.trainer import NonFiniteLossError, Trainer
+from diffusion_course.training import TrainConfig, check_precision, resolve_hflip
 from diffusion_course.unet import UNet
 
 SIZE = 8
@@ -71,9 +65,9 @@ def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     "options",
     [
         dict(grad_accum=2, hflip="on"),  # accumulation across an epoch boundary, random flips
-        dict(loss="hybrid", timestep_sampler="importance", prediction="v", min_snr=5.0),
+        dict(loss="vlb", timestep_sampler="importance", prediction="v", min_snr=5.0),
     ],
-    ids=["simple-accum-flip", "hybrid-importance-v"],
+    ids=["simple-accum-flip", "vlb-importance-v"],
 )
 def test_resume_continues_bit_for_bit(tmp_path, options):
     straight = make_trainer(tmp_path / "a", **options)
@@ -124,8 +118,8 @@ def test_gradient_accumulation_averages_the_micro_batch_losses(tmp_path):
     for _, images, _ in batches:
         t = torch.randint(0, 100, (4,), generator=gen)
         noise = torch.randn(images.shape, generator=gen)
-        x_t = q_sample(images, t, noise, trainer.schedule)
-        losses.append(diffusion_loss(reference(x_t, t), images, x_t, noise, t, trainer.schedule).loss)
+        x_t = q_sample(images, t, noise, trainer.objective.schedule)
+        losses.append(diffusion_loss(reference(x_t, t), images, x_t, noise, t, trainer.objective.schedule).loss)
     total = (losses[0] + losses[1]) / 2
     total.backward()
     assert record["loss"] == pytest.approx(total.item(), rel=1e-5)
@@ -218,15 +212,18 @@ def test_checkpoint_holds_everything_as_plain_data(tmp_path):
     trainer.train()
     state = load_checkpoint(tmp_path / "checkpoint.pt")  # weights_only=True inside
     for key in ("model", "ema", "optimizer", "scaler", "step", "micro_step", "config", "data_stats", "rng",
-                "model_config", "timestep_sampler"):
+                "model_config", "objective", "diffusion_config"):
         assert key in state
     assert state["step"] == 2 and state["micro_step"] == 2
     assert TrainConfig.from_dict(state["config"]) == trainer.config
     assert state["model_config"]["channel_mults"] == [1, 2, 2]
     assert state["data_stats"]["count"] == 24
     assert set(state["rng"][0]) >= {"noise", "torch_cpu", "python", "numpy"}
-    model, _ = load_model_from_checkpoint(tmp_path / "checkpoint.pt")
+    model, diffusion, _ = load_model(tmp_path / "checkpoint.pt")
     assert _same_params(model, trainer.ema.module) and not model.training
+    assert diffusion == trainer.objective.diffusion
+    assert diffusion.to_dict() == {"schedule": "linear", "timesteps": 100, "prediction": "eps",
+                                   "variance": "fixed_small", "conditioning": "none", "num_classes": None}
 
 
 def test_metrics_log_and_sample_grid(tmp_path):
@@ -237,7 +234,7 @@ def test_metrics_log_and_sample_grid(tmp_path):
     for r in lines:
         assert math.isfinite(r["loss"]) and r["lr"] > 0 and r["images_per_s"] > 0
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
-    images = trainer.sample(count=2)
+    images = trainer.preview(count=2)
     assert images.shape == (2, 1, SIZE, SIZE) and images.abs().max() <= 1
 
 
@@ -245,7 +242,7 @@ def test_a_learned_variance_model_trains_and_samples(tmp_path):
     trainer = make_trainer(tmp_path, loss="hybrid", max_steps=2, sample_steps=3)
     record = trainer.train().history[-1]
     assert record["loss"] == pytest.approx(record["mse"] + 0.001 * 100 * record["vlb"], rel=1e-4)
-    images = trainer.sample(count=2)  # the 2C-channel output is split into mean and variance
+    images = trainer.preview(count=2)  # the 2C-channel output is split into mean and variance
     assert images.shape == (2, 1, SIZE, SIZE)
 
 
@@ -345,7 +342,8 @@ def test_config_validation_and_printing():
     for bad, match in [
         (dict(batch_size=0), "batch_size must be an integer >= 1"),
         (dict(schedule="quadratic"), "unknown schedule 'quadratic'"),
-        (dict(timestep_sampler="importance"), "importance sampling of t needs the variational bound"),
+        (dict(timestep_sampler="importance"), "importance sampling of t is for the 'vlb' loss"),
+        (dict(timestep_sampler="importance", loss="hybrid"), "would rescale L_simple too"),
         (dict(ema_decay=1.0), "ema_decay must be in \\[0, 1\\)"),
         (dict(sample_steps=0), "sample_steps must be an integer >= 1"),
     ]:

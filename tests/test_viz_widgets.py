@@ -29,16 +29,6 @@ def test_to_display_maps_range_and_layout():
         viz.to_display(torch.zeros(2, 4, 4, 4))
 
 
-def test_make_grid_places_images():
-    imgs = torch.stack([torch.full((1, 2, 2), float(i) / 10) for i in range(5)])
-    grid = viz.make_grid(imgs, nrow=3, padding=1)
-    assert grid.shape == (1, 2 * 3 + 1, 3 * 3 + 1)
-    assert torch.all(grid[:, 1:3, 1:3] == 0.0) and torch.all(grid[:, 4:6, 4:6] == 0.4)
-    assert grid[0, 0, 0] == 1.0  # white padding
-    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
-        viz.make_grid(torch.zeros(1, 2, 2))
-
-
 def test_show_images_and_labels(image):
     fig = viz.show_images(torch.stack([image] * 5), nrow=3, title="t", labels=list("abcde"))
     assert isinstance(fig, Figure) and len(fig.axes) == 6
