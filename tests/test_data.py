@@ -256,12 +256,12 @@ def test_an_interrupted_copy_leaves_no_file(fake_fmnist, monkeypatch, tmp_path):
         target.write(source.read(100))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data.shutil, "copyfileobj", copy_half_then_die)
+    monkeypatch.setattr(shutil, "copyfileobj", copy_half_then_die)
     root = tmp_path / "root"
     with pytest.raises(KeyboardInterrupt):
         data.load_dataset("fashion-mnist", root=root)
     assert os.listdir(root / "FashionMNIST" / "raw") == []
-    monkeypatch.setattr(data.shutil, "copyfileobj", real_copy)
+    monkeypatch.setattr(shutil, "copyfileobj", real_copy)
     assert len(data.load_dataset("fashion-mnist", root=root)) == 12
 
 
@@ -403,7 +403,8 @@ def test_dataset_stats():
 def test_default_data_root(monkeypatch, tmp_path, repo_root):
     monkeypatch.delenv(data.DATA_ROOT_ENV)
     assert data.default_data_root() == repo_root / "data"  # editable install: the repository's data/
-    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path)  # a site-packages install has no pyproject.toml above it
+    # a site-packages install has no pyproject.toml above it
+    monkeypatch.setattr(data.preparing, "_REPO_ROOT", tmp_path)
     assert data.default_data_root() == Path.home() / ".cache" / "diffusion-course" / "data"
     monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path / "elsewhere"))
     assert data.default_data_root() == tmp_path / "elsewhere"
