@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .data import DATASETS
 from .diffusion import PREDICTION_TYPES
 from .distributed import cleanup_distributed, init_distributed, launched_by_torchrun
 from .losses import LOSS_TYPES, MIN_SNR_GAMMA, TIMESTEP_SAMPLERS
@@ -49,7 +50,6 @@ from .training import (
 )
 
 PROG = "diffusion-course-train"
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder")
 MODELS = ("tiny", "small", "ddpm-cifar10")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

@@ -55,6 +55,7 @@ from .batching import (
     load_training_data,
 )
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, to_plain
+from .data import FLIP_BY_DATASET, default_hflip
 from .diffusion import PREDICTION_TYPES, q_sample
 from .distributed import DistInfo, all_gather_objects, parameters_in_sync
 from .ema import EMA, unwrap_model
@@ -64,19 +65,6 @@ from .schedules import SCHEDULES, NoiseSchedule, get_schedule
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 FLIP_CHOICES = ("auto", "on", "off")
-
-FLIP_BY_DATASET = {"mnist": False, "fashion-mnist": False, "cifar10": True, "folder": True}
-"""Whether ``hflip="auto"`` flips images left-right, per dataset.
-
-- ``mnist``: never -- a mirrored 2, 3 or 7 is not a digit (``hflip="on"`` is refused).
-- ``fashion-mnist``: off -- tops, trousers and bags are close to mirror-symmetric, but the
-  shoes all point the same way: 100% of ankle boots, 99.7% of sneakers and 93% of sandals
-  in the training set are closer to their class's mean image than to its mirror image.
-  Flipping would teach the model mirrored shoes that the test set never contains.
-- ``cifar10``: on, as in DDPM (appendix B) -- natural photos are mirror-symmetric.
-- ``folder``: on, assuming natural photos; pass ``hflip="off"`` for text, digits, faces
-  with a fixed layout, and the like.
-"""
 
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_DIR = "samples"
@@ -218,9 +206,9 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 
 
 def resolve_hflip(config: TrainConfig) -> bool:
-    """The flip decision for ``config`` (see :data:`FLIP_BY_DATASET`)."""
+    """The flip decision for ``config`` (``"auto"``: the dataset's default, see :data:`FLIP_BY_DATASET`)."""
     if config.hflip == "auto":
-        return FLIP_BY_DATASET.get(config.dataset, False)
+        return default_hflip(config.dataset)
     return config.hflip == "on"
 
 
