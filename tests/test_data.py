@@ -211,7 +211,7 @@ def test_offline_copy_is_decompressed_into_torchvision_layout(fake_fmnist, monke
     root = tmp_path / "root"
     train = data.load_dataset("fashion-mnist", root=root)
     raw = root / "FashionMNIST" / "raw"
-    assert sorted(os.listdir(raw)) == sorted(IDX_FILES)  # all four files, no .part leftovers
+    assert sorted(os.listdir(raw)) == sorted(IDX_FILES)  # all four files, no temporary leftovers
     assert all((raw / name).stat().st_mode & 0o444 == 0o444 for name in IDX_FILES)  # readable by all
     for name in IDX_FILES:
         assert (raw / name).read_bytes() == gzip.decompress((folder / f"{name}.gz").read_bytes())
@@ -383,6 +383,18 @@ def test_dataset_info_and_class_names():
     assert data.class_names("mnist") == [str(d) for d in range(10)]
     with pytest.raises(ValueError, match="needs data_dir"):
         data.class_names("folder")
+
+
+def test_every_dataset_has_its_info_and_flip_policy():
+    # one vocabulary: a dataset added to DATASETS but forgotten in a table fails here
+    assert tuple(data.DATASET_INFO) == data.DATASETS and tuple(data.FLIP_BY_DATASET) == data.DATASETS
+
+
+def test_default_hflip():
+    assert [data.default_hflip(name) for name in data.DATASETS] == [False, False, True, True]
+    assert data.default_hflip("CIFAR-10") and not data.default_hflip("Fashion_MNIST")  # other spellings too
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        data.default_hflip("imagenet")
 
 
 def test_spread_indices():
