@@ -6,7 +6,8 @@ Two promises:
    directory, flushed to disk (``fsync``), and then renamed over the old one with
    ``os.replace``, which POSIX and Windows perform atomically within one file system. A
    crash or Ctrl-C in the middle of a save leaves the previous checkpoint untouched, never
-   a half-written file.
+   a half-written file. :func:`atomic_write` does this for any file (the dataset copies in
+   :mod:`diffusion_course.data` use it too).
 
 2. **Safe loading.** ``torch.save`` uses Python's pickle, and unpickling arbitrary data can
    execute arbitrary code. Checkpoints are therefore loaded with
@@ -27,8 +28,9 @@ import dataclasses
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -61,24 +63,32 @@ def to_plain(value: Any) -> Any:
     )
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, os.replace).
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, mode: int | None = None) -> Path:
+    """Create or replace the file ``path`` so that it is always either the old file or the whole new one.
 
-    ``state`` must hold only tensors and plain containers (see :func:`to_plain`). Returns
-    the final path. If anything fails, the temporary file is removed and the previous
-    checkpoint at ``path`` (if any) is left as it was.
+    ``write(file)`` fills a temporary file opened ``"wb"`` in ``path``'s directory (a rename
+    is only atomic within one file system). The data is then flushed to disk (``fsync``),
+    the temporary file renamed over ``path`` with ``os.replace``, and the directory synced
+    so that the rename survives a power cut. If ``write`` raises -- Ctrl-C included -- the
+    temporary file is removed, the file previously at ``path`` (if any) is left as it was,
+    and the error propagates.
+
+    The directory must exist. The temporary file is created readable by its owner only;
+    ``mode`` (e.g. ``0o644`` for data that is not secret) changes that before the rename.
+    Returns ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
-        # BaseException: a KeyboardInterrupt mid-save must not leave a stray temp file
+        # BaseException: a KeyboardInterrupt mid-write must not leave a stray temp file
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
@@ -86,6 +96,18 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, os.replace; see :func:`atomic_write`).
+
+    ``state`` must hold only tensors and plain containers (see :func:`to_plain`). Returns
+    the final path. If anything fails, the temporary file is removed and the previous
+    checkpoint at ``path`` (if any) is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -186,6 +208,7 @@ def _fsync_dir(directory: Path) -> None:
 __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointError",
+    "atomic_write",
     "diffusion_config_of",
     "load_checkpoint",
     "load_model",

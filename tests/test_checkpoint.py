@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from diffusion_course.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, to_plain
+from diffusion_course.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, to_plain
 
 
 def test_round_trip(tmp_path):
@@ -64,6 +64,46 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fail
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1  # the old checkpoint is untouched
     assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path, failure):
+    path = atomic_write(tmp_path / "numbers.bin", lambda f: f.write(b"old contents"))
+
+    def write_half_then_fail(f):
+        f.write(b"new but unfin")
+        raise failure
+
+    with pytest.raises(type(failure)):
+        atomic_write(path, write_half_then_fail)
+    assert path.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["numbers.bin"]  # no temporary file left behind
+
+
+def test_atomic_write_replaces_the_file_and_sets_its_mode(tmp_path):
+    path = atomic_write(tmp_path / "data.bin", lambda f: f.write(b"one"))
+    assert path.read_bytes() == b"one" and path.stat().st_mode & 0o777 == 0o600  # mkstemp's private default
+    atomic_write(path, lambda f: f.write(b"two"), mode=0o644)
+    assert path.read_bytes() == b"two" and path.stat().st_mode & 0o777 == 0o644
+    assert os.listdir(tmp_path) == ["data.bin"]
+
+
+def test_atomic_write_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write(tmp_path / "x.bin", lambda f: f.write(b"x"))
+    assert events == ["fsync", "replace", "fsync"]  # the data, the rename, then the directory entry
 
 
 @dataclass

@@ -211,7 +211,7 @@ def test_offline_copy_is_decompressed_into_torchvision_layout(fake_fmnist, monke
     root = tmp_path / "root"
     train = data.load_dataset("fashion-mnist", root=root)
     raw = root / "FashionMNIST" / "raw"
-    assert sorted(os.listdir(raw)) == sorted(IDX_FILES)  # all four files, no .part leftovers
+    assert sorted(os.listdir(raw)) == sorted(IDX_FILES)  # all four files, no temporary leftovers
     assert all((raw / name).stat().st_mode & 0o444 == 0o444 for name in IDX_FILES)  # readable by all
     for name in IDX_FILES:
         assert (raw / name).read_bytes() == gzip.decompress((folder / f"{name}.gz").read_bytes())
@@ -256,12 +256,12 @@ def test_an_interrupted_copy_leaves_no_file(fake_fmnist, monkeypatch, tmp_path):
         target.write(source.read(100))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data.shutil, "copyfileobj", copy_half_then_die)
+    monkeypatch.setattr(shutil, "copyfileobj", copy_half_then_die)
     root = tmp_path / "root"
     with pytest.raises(KeyboardInterrupt):
         data.load_dataset("fashion-mnist", root=root)
     assert os.listdir(root / "FashionMNIST" / "raw") == []
-    monkeypatch.setattr(data.shutil, "copyfileobj", real_copy)
+    monkeypatch.setattr(shutil, "copyfileobj", real_copy)
     assert len(data.load_dataset("fashion-mnist", root=root)) == 12
 
 
@@ -385,6 +385,18 @@ def test_dataset_info_and_class_names():
         data.class_names("folder")
 
 
+def test_every_dataset_has_its_info_and_flip_policy():
+    # one vocabulary: a dataset added to DATASETS but forgotten in a table fails here
+    assert tuple(data.DATASET_INFO) == data.DATASETS and tuple(data.FLIP_BY_DATASET) == data.DATASETS
+
+
+def test_default_hflip():
+    assert [data.default_hflip(name) for name in data.DATASETS] == [False, False, True, True]
+    assert data.default_hflip("CIFAR-10") and not data.default_hflip("Fashion_MNIST")  # other spellings too
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        data.default_hflip("imagenet")
+
+
 def test_spread_indices():
     assert data.spread_indices(10, 3).tolist() == [1, 5, 8]
     assert data.spread_indices(3, None).tolist() == [0, 1, 2]
@@ -403,7 +415,8 @@ def test_dataset_stats():
 def test_default_data_root(monkeypatch, tmp_path, repo_root):
     monkeypatch.delenv(data.DATA_ROOT_ENV)
     assert data.default_data_root() == repo_root / "data"  # editable install: the repository's data/
-    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path)  # a site-packages install has no pyproject.toml above it
+    # a site-packages install has no pyproject.toml above it
+    monkeypatch.setattr(data.preparing, "_REPO_ROOT", tmp_path)
     assert data.default_data_root() == Path.home() / ".cache" / "diffusion-course" / "data"
     monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path / "elsewhere"))
     assert data.default_data_root() == tmp_path / "elsewhere"
