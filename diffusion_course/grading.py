@@ -74,6 +74,15 @@ def score(db_url: str, assignment: str, student: str) -> tuple[float, float]:
         return float(sub.score), float(sub.max_score)
 
 
+def cell_scores(db_url: str, assignment: str, notebook: str, student: str) -> dict[str, tuple[float, float]]:
+    """``{grade_id: (score, max_score)}`` of every graded cell of one student's notebook."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(db_url) as gb:
+        sub = gb.find_submission_notebook(notebook, assignment, student)
+        return {g.name: (float(g.score), float(g.max_score)) for g in sub.grades}
+
+
 def strip_notebook(nb: nbformat.NotebookNode) -> bool:
     """Remove outputs, execution counts and saved widget state in place. True if anything changed."""
     changed = False

@@ -4,13 +4,16 @@ Each ``check_*`` function runs a learner's function on small inputs, compares it
 the package's reference implementation, and *says in words* what is wrong: a wrong
 shape, noise at the wrong scale, t indexed off by one, a missing clip. It prints its
 verdict and never raises, so "Run all" keeps going; the graded test cell that follows
-is the one that counts.
+is the one that counts. Graded tests compare with :func:`assert_close`, the same comparison
+the checks make (any floating dtype, exact shape), so a check and its test accept and reject
+the same answers; :func:`assert_own_work` fails an answer that calls the package's own
+version of the function it was asked to write, and every check says so too.
 
 Every check returns a :class:`CheckResult`, true when everything passed.
 One submodule per phase: ``forward`` (Phase 1), ``unet`` (Phase 2), ``training`` (Phase 3).
 """
 
-from ._core import CheckResult
+from ._core import CheckResult, assert_close, assert_own_work
 from .forward import (
     check_cosine_schedule,
     check_first_t_below,
@@ -23,6 +26,8 @@ from .unet import check_attention_block, check_mini_unet, check_res_block, check
 
 __all__ = [
     "CheckResult",
+    "assert_close",
+    "assert_own_work",
     "check_accumulated_step",
     "check_attention_block",
     "check_ema_update",

@@ -12,8 +12,11 @@ course's own tests use. In a notebook it displays nothing beyond the printed lin
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -50,13 +53,90 @@ class CheckResult:
         return self
 
 
-def _call(result: CheckResult, fn: Callable, *args, **kwargs):
-    """Run the learner's function; turn an exception into a readable problem."""
+# ---------------------------------------------------------------------------
+# Own work: an answer that calls the package's own function earns nothing
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def watching(functions: Iterable[Callable]):
+    """Record which of ``functions`` run while the block runs; yields the list of their names.
+
+    Calls are recognised by their code object (through ``sys.setprofile``), so an alias
+    (``from diffusion_course.diffusion import q_sample as qs``), a wrapper or a method
+    reference is caught just the same.
+    """
+    codes = {inspect.unwrap(f).__code__: f.__name__ for f in functions}
+    seen: list[str] = []
+
+    def profiler(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            seen.append(codes[frame.f_code])
+
+    previous = sys.getprofile()
+    sys.setprofile(profiler)
     try:
-        return fn(*args, **kwargs)
+        yield seen
+    finally:
+        sys.setprofile(previous)
+
+
+def delegation_message(names: Iterable[str]) -> str:
+    found = ", ".join(f"`{n}`" for n in dict.fromkeys(names))
+    return (f"your answer calls the package's own {found}: write it yourself (the package's version "
+            "comes right after the exercise).")
+
+
+def assert_own_work(fn: Callable, forbidden: Iterable[Callable], *args, **kwargs) -> None:
+    """For graded tests: run ``fn(*args, **kwargs)`` and fail if it calls any of ``forbidden``.
+
+    Returns None on purpose: nbgrader reads a number left as a graded cell's last value as
+    partial credit, so this call may end a test cell safely.
+    """
+    with watching(forbidden) as seen:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            if not seen:
+                raise
+    if seen:
+        raise AssertionError(delegation_message(seen))
+
+
+def assert_close(actual, expected: torch.Tensor, name: str = "the result", tol: float = 1e-5) -> None:
+    """For graded tests: the comparison the instant checks make, with the same verdicts.
+
+    Any floating dtype is accepted (float32 or float64: the values are compared in float64);
+    the shape must match exactly. Raises AssertionError naming what differs.
+    """
+    if not isinstance(actual, torch.Tensor):
+        raise AssertionError(f"{name} should be a torch.Tensor, got {type(actual).__name__}")
+    if not actual.is_floating_point():
+        raise AssertionError(f"{name} should hold floating-point numbers, got {actual.dtype}")
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name} should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
+    if not _close(actual, expected, tol):
+        worst = (actual.double() - expected.double()).abs().max().item()
+        raise AssertionError(f"{name} differs from the expected values (largest difference {worst:.3g})")
+
+
+def _call(result: CheckResult, fn: Callable, *args, forbidden: Iterable[Callable] = (), **kwargs):
+    """Run the learner's function; turn an exception, or a call of the package's own
+    version (``forbidden``), into a readable problem."""
+    seen: list[str] = []
+    try:
+        with watching(forbidden) as seen:
+            out = fn(*args, **kwargs)
+        if seen:
+            result.problems.append(delegation_message(seen))
+            return None
+        return out
     except NotImplementedError:
         result.problems.append("not implemented yet: replace `raise NotImplementedError()` with your code.")
     except Exception as err:  # a learner's bug of any kind is reported, not raised
+        if seen:
+            result.problems.append(delegation_message(seen))
+            return None
         frame = traceback.extract_tb(err.__traceback__)[-1]
         result.problems.append(
             f"your function raised {type(err).__name__}: {err} (line {frame.lineno}: {frame.line!r})"
@@ -72,4 +152,5 @@ def _is_tensor(result: CheckResult, out, what: str) -> bool:
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    """Same shape and values within ``tol``, whatever the floating dtypes (compared in float64)."""
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=tol, rtol=tol)

@@ -18,7 +18,7 @@ def check_linear_schedule(fn: Callable[[int], torch.Tensor]) -> CheckResult:
     """Check ``fn(timesteps) -> betas``, DDPM's linear schedule from 1e-4 to 0.02."""
     result = CheckResult("linear schedule")
     for T in (1000, 10):
-        out = _call(result, fn, T)
+        out = _call(result, fn, T, forbidden=[schedules.linear_betas, schedules.scaled_linear_betas])
         if out is None or not _is_tensor(result, out, f"linear_betas({T})"):
             return result.report()
         ref = schedules.linear_betas(T)
@@ -46,7 +46,7 @@ def check_cosine_schedule(fn: Callable[..., torch.Tensor]) -> CheckResult:
     """Check ``fn(timesteps, s=0.008) -> betas``, Improved DDPM's cosine schedule."""
     result = CheckResult("cosine schedule")
     T = 1000
-    out = _call(result, fn, T)
+    out = _call(result, fn, T, forbidden=[schedules.cosine_betas])
     if out is None or not _is_tensor(result, out, "cosine_betas(1000)"):
         return result.report()
     ref = schedules.cosine_betas(T)
@@ -101,7 +101,7 @@ def check_q_sample(fn: Callable) -> CheckResult:
     result = CheckResult("q_sample")
     schedule = schedules.get_schedule("linear", 1000)
     x0, noise, t = _forward_inputs()
-    out = _call(result, fn, x0, t, noise, schedule)
+    out = _call(result, fn, x0, t, noise, schedule, forbidden=[diffusion.q_sample])
     if out is None or not _is_tensor(result, out, "q_sample(...)"):
         return result.report()
     if out.shape != x0.shape:
@@ -165,7 +165,7 @@ def check_q_posterior(fn: Callable) -> CheckResult:
     schedule = schedules.get_schedule("linear", 1000)
     x0, noise, t = _forward_inputs(1)
     x_t = diffusion.q_sample(x0, t, noise, schedule)
-    out = _call(result, fn, x0, x_t, t, schedule)
+    out = _call(result, fn, x0, x_t, t, schedule, forbidden=[diffusion.q_posterior])
     if out is None:
         return result.report()
     if not (isinstance(out, tuple | list) and len(out) == 2):
@@ -216,7 +216,7 @@ def check_first_t_below(fn: Callable) -> CheckResult:
     cases = [("linear", 0.5), ("cosine", 0.5), ("cosine", 0.01), ("linear", 1e-30), ("sigmoid", 1.0)]
     for name, level in cases:
         s = schedules.get_schedule(name, 1000)
-        got = _call(result, fn, s, level)
+        got = _call(result, fn, s, level, forbidden=[schedules.first_t_below])
         if result.problems:
             return result.report()
         below = (s.alphas_cumprod < level).nonzero()
