@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .cli import UsageError, check_writable_dir, error, parse
 from .distributed import cleanup_distributed, init_distributed, launched_by_torchrun
 from .runtime import get_device, seed_everything
 from .trainer import NonFiniteLossError, Trainer
@@ -48,10 +49,6 @@ RESUMABLE = {
     "sample_count", "sample_steps", "checkpoint_every", "progress",
 }  # fmt: skip
 """Settings that ``--resume`` may change: how long, where and how fast -- not what is learned."""
-
-
-class UsageError(ValueError):
-    """Bad command-line input: reported in one line, exit code 2."""
 
 
 # ---------------------------------------------------------------------------
@@ -158,18 +155,8 @@ def make_config(given: dict, resume: bool) -> tuple[TrainConfig, dict | None]:
         check_precision(config.precision, device)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    check_writable(out)
+    check_writable_dir(out)
     return config, state
-
-
-def check_writable(out: Path) -> None:
-    """Create ``out`` if needed and prove a file can be written there."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"cannot write to --out {out}: {err.strerror or err}; choose another folder") from err
 
 
 def check_model_fits(config: TrainConfig, image_size: int) -> None:
@@ -190,10 +177,9 @@ def check_model_fits(config: TrainConfig, image_size: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the trainer; returns the exit code (0 ok, 1 non-finite loss, 2 bad input, 130 Ctrl-C)."""
     rank = int(os.environ.get("RANK", "0"))
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse has printed its usage line already
-        return int(exit_.code or 0)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):  # argparse has printed its usage line already
+        return args
     given = vars(args)
     resume = bool(given.pop("resume", False))
     try:
@@ -270,9 +256,7 @@ def build_trainer(config: TrainConfig, state: dict | None, device: torch.device,
 
 
 def _error(message, rank: int) -> None:
-    if rank == 0:
-        text = " ".join(str(message).split())  # always one line
-        print(f"{PROG}: error: {text}", file=sys.stderr)
+    error(PROG, message, rank)
 
 
 if __name__ == "__main__":
