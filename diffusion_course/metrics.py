@@ -40,10 +40,16 @@ def _check_features(x: Tensor, name: str, min_rows: int = 2) -> Tensor:
     if x.shape[0] < min_rows:
         raise ValueError(f"{name} has {x.shape[0]} samples but at least {min_rows} are needed; pass more samples")
     if not x.is_floating_point():
-        x = x.double()
+        x = _float64(x)
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values; check the features (or the images) fed in")
     return x
+
+
+def _float64(x: Tensor) -> Tensor:
+    """``x`` in float64, moved to the CPU on Apple's MPS, which has no float64."""
+    x = torch.as_tensor(x)
+    return (x.cpu() if x.device.type == "mps" else x).double()
 
 
 def _check_pair(a: Tensor, b: Tensor, min_rows: int = 2) -> tuple[Tensor, Tensor]:
@@ -62,10 +68,10 @@ def feature_statistics(features: Tensor, block: int = 4096) -> tuple[Tensor, Ten
     """
     x = _check_features(features, "features")
     n = x.shape[0]
-    mu = sum(chunk.double().sum(0) for chunk in x.split(block)) / n
-    sigma = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    mu = sum(_float64(chunk).sum(0) for chunk in x.split(block)) / n
+    sigma = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=mu.device)
     for chunk in x.split(block):
-        centred = chunk.double() - mu
+        centred = _float64(chunk) - mu
         sigma += centred.T @ centred
     return mu, sigma / (n - 1)
 
@@ -91,7 +97,7 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     eigenvalue solver (or scipy's sqrtm) can return complex round-off, ``BA`` suits the stable
     symmetric solver ``eigh``, and tiny negative eigenvalues from round-off are clamped to 0.
     """
-    mu1, sigma1, mu2, sigma2 = (torch.as_tensor(t).double() for t in (mu1, sigma1, mu2, sigma2))
+    mu1, sigma1, mu2, sigma2 = (_float64(t) for t in (mu1, sigma1, mu2, sigma2))
     d = mu1.shape[0] if mu1.ndim == 1 else -1
     if mu2.shape != mu1.shape or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(
@@ -204,7 +210,7 @@ def kid_from_features(
         raise ValueError(f"need subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
     m = min(subset_size, a.shape[0], b.shape[0])
     gamma = 1.0 / a.shape[1] if gamma is None else gamma
-    a, b = a.double(), b.double()
+    a, b = _float64(a), _float64(b)
     values = torch.stack(
         [
             _unbiased_mmd2(
@@ -232,7 +238,7 @@ def inception_score_from_probs(probs: Tensor, splits: int = 10, atol: float = 1e
     gets the same prediction. With a classifier other than Inception-v3 this is an *Inception-Score
     analogue*, comparable only between models scored by the same classifier.
     """
-    p = _check_features(probs, "probs", min_rows=1).double()
+    p = _float64(_check_features(probs, "probs", min_rows=1))
     if not 1 <= splits <= p.shape[0]:
         raise ValueError(f"splits must be between 1 and the number of samples {p.shape[0]}, got {splits}")
     if (p < 0).any() or not torch.allclose(p.sum(1), torch.ones_like(p[:, 0]), atol=atol, rtol=0):
@@ -267,7 +273,7 @@ def _coverage(manifold: Tensor, radii2: Tensor, queries: Tensor, block: int) -> 
     inside = [
         torch.addmm(offset, rows, manifold.T, alpha=2).amax(1) >= rows.square().sum(1) for rows in queries.split(block)
     ]
-    return float(torch.cat(inside).double().mean())
+    return int(torch.cat(inside).sum()) / queries.shape[0]
 
 
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3, block: int = 1024) -> tuple[float, float]:

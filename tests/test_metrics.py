@@ -179,6 +179,15 @@ def test_kid_mean_and_std_are_over_the_subsets():
     assert std == pytest.approx(np.std(singles), rel=1e-9)  # population std (ddof 0), as torchmetrics reports it
 
 
+def test_kid_subsets_average_to_the_full_sample_estimate():
+    """Both subsets are uniform draws, so the subset estimates average to the whole sets' unbiased MMD^2."""
+    a = _gaussian(40, 4, seed=27)
+    b = torch.cat([_gaussian(10, 4, seed=28, shift=2.0), _gaussian(30, 4, seed=29)])  # b's first rows stand out
+    full = kid_from_features(a, b, subsets=1, subset_size=40)[0]
+    mean, std = kid_from_features(a, b, subsets=2000, subset_size=10, generator=torch.Generator().manual_seed(0))
+    assert mean == pytest.approx(full, abs=4 * std / math.sqrt(2000))
+
+
 # ------------------------------------------------------------------------------------------------ IS
 def test_inception_score_extremes():
     k, n = 10, 200
@@ -190,7 +199,7 @@ def test_inception_score_extremes():
 
 
 def test_inception_score_matches_numpy_per_split():
-    probs = torch.softmax(3 * torch.randn(90, 5, generator=torch.Generator().manual_seed(0)), 1)
+    probs = torch.softmax(3 * torch.randn(91, 5, generator=torch.Generator().manual_seed(0)), 1)  # splits of 31, 30, 30
     p = probs.double().numpy()
     scores = []
     for group in np.array_split(p, 3):
@@ -265,9 +274,17 @@ def test_bad_features_give_one_line_errors(a, b, match):
         assert "\n" not in str(info.value)
 
 
-def test_frechet_distance_checks_shapes():
+def test_frechet_distance_checks_shapes_and_values():
     with pytest.raises(ValueError, match="mu"):
         frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(4), torch.eye(4))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(torch.full((3,), float("nan")), torch.eye(3), torch.zeros(3), torch.eye(3))
+
+
+def test_fid_of_a_set_with_itself_is_never_negative():
+    """Round-off leaves about +-1e-14 of the trace terms; seeds 1, 2 and 4 would come out negative unclamped."""
+    for seed in range(6):
+        assert fid_from_features(_gaussian(500, 64, seed=seed), _gaussian(500, 64, seed=seed)) >= 0.0
 
 
 # ------------------------------------------------------------------------------------------ torchmetrics
