@@ -48,7 +48,8 @@ class QualityReport:
             f"FID  {self.fid:8.3f}  at N = {self.num_samples} vs {self.num_real} real "
             f"(at N/2: {self.fid_half:.3f}; extrapolated to N = inf: {self.fid_infinity:.3f})",
             f"KID  {self.kid:8.5f} +- {self.kid_std:.5f}",
-            f"IS   {self.inception_score:8.3f} +- {self.inception_score_std:.3f}  (classifier analogue; 10 = every class, confidently)",
+            f"IS   {self.inception_score:8.3f} +- {self.inception_score_std:.3f}  "
+            "(classifier analogue; 10 = every class, confidently)",
             f"precision {self.precision:.3f}   recall {self.recall:.3f}",
         ]
         if self.class_accuracy is not None:

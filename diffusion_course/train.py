@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
