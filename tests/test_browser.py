@@ -28,11 +28,13 @@ type as a warning on stderr, and keeps cells that are scrolled away out of the D
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -113,11 +115,11 @@ def lab(tmp_path_factory):
 
     Yields ``(base_url, browser_context)``; the context may only talk to the lab server, so
     nothing is fetched from outside, and its HTTP cache keeps JupyterLab's scripts between
-    pages. Afterwards shuts the kernels down, stops the server and removes the
-    .ipynb_checkpoints folders that opening the notebooks created.
+    pages. Afterwards shuts the kernels down, stops the server and removes the folders that
+    opening and running the notebooks created beside them (see _byproducts).
     """
     tmp = tmp_path_factory.mktemp("browser")
-    checkpoints_before = set((REPO_ROOT / "notebooks").glob("*/.ipynb_checkpoints"))
+    byproducts_before = _byproducts()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     args = (f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={TOKEN} "
@@ -136,13 +138,20 @@ def lab(tmp_path_factory):
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             context.route(re.compile(rf"^(?!{re.escape(base)}/)"), lambda route: route.abort())
             _wait_until_up(proc, port)
+            # keep reading the server's log, or a full pipe would stall it
+            threading.Thread(target=collections.deque, args=(proc.stdout, 200), daemon=True).start()
             yield base, context
             browser.close()
     finally:
         _shut_down_kernels(base)
         _stop(proc)
-        for folder in set((REPO_ROOT / "notebooks").glob("*/.ipynb_checkpoints")) - checkpoints_before:
+        for folder in _byproducts() - byproducts_before:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _byproducts() -> set[Path]:
+    """Folders that opening (.ipynb_checkpoints) and running (runs/) a notebook leave beside it."""
+    return {path for name in (".ipynb_checkpoints", "runs") for path in (REPO_ROOT / "notebooks").glob(f"*/{name}")}
 
 
 def _shut_down_kernels(base: str) -> None:
