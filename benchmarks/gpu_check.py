@@ -35,6 +35,11 @@ sample grid. Exit code 0 when no part failed, 1 when one did, 2 on bad flags.
 
 Expected time on one H100: about 3-4 minutes (most of it compiling); ``--budget`` (default
 330 s) bounds the whole run and each part has its own limit on top.
+
+Rehearsal without a GPU (maintainers, before a GPU run): ``--force-cpu`` runs every part on
+the CPU with the ``tiny`` U-Net, small batches, ``torch.compile``'s ``aot_eager`` backend
+and the notebook cell rewritten for the CPU (:data:`CPU_REWRITES`); the unit tests skip.
+It takes a few minutes on a laptop and proves the plumbing, not the GPU.
 """
 
 from __future__ import annotations
@@ -303,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not cuda and not args.force_cpu:
         say(NO_CUDA_LINE)
-        report.update(mode="no-cuda", exit_code=0)
+        if Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia").exists():
+            say(f"note: this machine has an NVIDIA driver, but torch {torch.__version__} (built for CUDA "
+                f"{torch.version.cuda}) cannot use it; check the driver version and CUDA_VISIBLE_DEVICES")
+        report.update(mode="no-cuda", exit_code=0, torch=torch.__version__, torch_cuda=torch.version.cuda)
         write_json(out / "results.json", report)
         log.close()
         return 0
@@ -498,7 +506,7 @@ def part_environment(args: argparse.Namespace, result: Result) -> str:
             "cuda": torch.version.cuda, "cpu_count": os.cpu_count(), "device": str(device)}
     say(f"python {data['python']} on {data['platform']}, {data['cpu_count']} CPUs")
     say(f"torch {torch.__version__}, built for CUDA {torch.version.cuda}")
-    status = PASS
+    problems = []
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         data.update(
@@ -519,8 +527,7 @@ def part_environment(args: argparse.Namespace, result: Result) -> str:
         data["bf16_matmul_relative_error"] = rel
         say(f"bf16 supported: {data['bf16']}; bf16 matmul relative error vs float32: {rel:.1e}")
         if not data["bf16"] or not rel < 1e-2:
-            status = FAIL
-            result.set(error="bf16 is not supported or wrong on this GPU: use --precision fp16 or fp32 there")
+            problems.append("bf16 is not supported or wrong on this GPU: use --precision fp16 or fp32 there")
     else:
         data["device_name"] = "CPU (dry run)"
         data["bf16"] = True
@@ -542,12 +549,14 @@ def part_environment(args: argparse.Namespace, result: Result) -> str:
     say("imports: " + ("all fine" if not broken else "BROKEN: " + "; ".join(broken)))
     say("not needed here, present: " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in optional.items()))
     if broken:
-        status = FAIL
-        result.set(error="cannot import " + "; ".join(broken))
+        problems.append("cannot import " + "; ".join(broken))
     memory = f", {data['memory_gib']} GiB" if "memory_gib" in data else ""
     result.set(data=data, summary=f"{data['device_name']}{memory}, torch {torch.__version__} "
                                   f"(CUDA {torch.version.cuda}), bf16 {'yes' if data['bf16'] else 'NO'}")
-    return status
+    if problems:
+        result.set(error="; ".join(problems))
+        return FAIL
+    return PASS
 
 
 def part_unit_tests(args: argparse.Namespace, result: Result) -> str:
