@@ -12,7 +12,7 @@ LAB_ARGS   ?=
 PYTEST_ARGS ?=
 INSTRUCTOR_PLUGINS := @jupyter/nbgrader:formgrader @jupyter/nbgrader:create-assignment @jupyter/nbgrader:course-list
 
-.PHONY: help setup lab instructor test data notebooks strip lint clean
+.PHONY: help setup lab instructor test data notebooks strip lint clean gpu-check
 
 help:
 	@echo "make lab         open the course (JupyterLab on notebooks/), setting everything up first"
@@ -21,6 +21,7 @@ help:
 	@echo "make notebooks   regenerate the student notebooks/ from solutions/"
 	@echo "make strip       remove outputs and widget state from solutions/"
 	@echo "make lint        ruff"
+	@echo "make gpu-check   on a CUDA machine: GPU tests, notebook 03's GPU section, images/s and MFU"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,14 @@ strip: setup
 
 lint: setup
 	$(BIN)/ruff check diffusion_course tests benchmarks
+
+# Needs no set-up, so that it runs on a GPU machine without network: the .venv's python if
+# there is one, else python3 with the repository on PYTHONPATH. Example:
+#   make gpu-check GPU_CHECK_ARGS="--cifar-archive .gpu/cifar10-jpg.tar.gz --out runs/gpu_check"
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $$( [ -x $(BIN)/python ] && echo $(BIN)/python || echo $(PYTHON) ) \
+		benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf .grading .pytest_cache .ruff_cache

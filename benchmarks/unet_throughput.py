@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from diffusion_course.benchmarking import peak_tflops, training_speed
 from diffusion_course.unet import PRESETS, UNet, count_parameters, forward_flops
 
 DIFFUSERS_CONFIG = dict(
@@ -87,20 +88,6 @@ DIFFUSERS_CONFIG = dict(
     up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
 )
 """The diffusers opponent (every other UNet2DModel argument at its default)."""
-
-PEAK_BF16_TFLOPS = {
-    # dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets
-    "H200": 989.0,
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.0,
-    "H100": 989.0,  # SXM
-    "A100": 312.0,
-    "L40S": 362.0,
-    "L4": 121.0,
-    "A10G": 70.0,
-    "RTX 4090": 165.0,
-}
-
 
 @dataclass
 class Timing:
@@ -262,54 +249,6 @@ def time_cpu(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def peak_tflops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16_TFLOPS.items():  # ordered: specific names before their prefixes
-        if key in device_name:
-            return value
-    return None
-
-
-def compiled_training_speed(preset: str, device: torch.device, batch: int, steps: int,
-                            compile_model: bool = True) -> tuple[float, float, float]:
-    """Train ``preset`` on random data in bf16 autocast + channels_last (+ torch.compile).
-
-    Returns (images per second, forward FLOPs per image, seconds spent compiling/warming up).
-    """
-    torch.manual_seed(0)
-    model = UNet.from_preset(preset)
-    cfg = model.config
-    flops_per_image = forward_flops(model, batch=1)  # counted before compiling
-    model = model.to(device, memory_format=torch.channels_last).train()
-    shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
-    x_t = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
-    noise = torch.randn_like(x_t)
-    t = torch.randint(0, 1000, (batch,), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=device.type == "cuda")
-    forward = torch.compile(model) if compile_model else model
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = torch.nn.functional.mse_loss(forward(x_t, t).float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    start = time.perf_counter()
-    for _ in range(3):  # compiles forward and backward, then settles
-        step()
-    sync()
-    warmup = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return batch * steps / (time.perf_counter() - start), flops_per_image, warmup
-
-
 def time_gpu(args: argparse.Namespace) -> None:
     print("\n== GPU: ddpm-cifar10 training throughput (bf16 autocast, channels_last, torch.compile) ==")
     if not torch.cuda.is_available():
@@ -318,9 +257,10 @@ def time_gpu(args: argparse.Namespace) -> None:
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
     torch.backends.cudnn.benchmark = True
-    speed, flops_per_image, warmup = compiled_training_speed(
-        "ddpm-cifar10", device, args.gpu_batch_size, args.gpu_steps)
-    achieved = 3 * flops_per_image * speed / 1e12  # model FLOPs: forward + 2x for backward
+    result = training_speed("ddpm-cifar10", device, batch=args.gpu_batch_size, steps=args.gpu_steps,
+                            compile_model=True, fused_adamw=True)
+    speed, flops_per_image, warmup = result.images_per_second, result.flops_per_image, result.warmup_seconds
+    achieved = result.train_tflops  # model FLOPs: forward + 2x for backward
     print(f"device: {name}; compiling + 3 warm-up steps took {warmup:.1f} s")
     print(f"ddpm-cifar10: {speed:,.0f} img/s at batch {args.gpu_batch_size} ({args.gpu_steps} timed steps), "
           f"{achieved:.1f} TFLOP/s of model FLOPs (3 x {flops_per_image / 1e9:.2f} GFLOPs per image)")
