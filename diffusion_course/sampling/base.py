@@ -89,7 +89,7 @@ class Sampler:
     def pairs(self) -> list[tuple[int, int]]:
         """``[(t, t_prev), ...]``, one per step, noisiest first; the last ``t_prev`` is ``-1`` (alpha_bar = 1)."""
         ts = self.timesteps.tolist()
-        return list(zip(ts, ts[1:] + [-1], strict=True))
+        return list(zip(ts, ts[1:] + [-1], strict=True)) if ts else []
 
     def needs_noise(self, i: int) -> bool:
         """Whether step ``i`` adds noise (then :meth:`step` needs a ``noise`` tensor)."""

@@ -82,6 +82,10 @@ def ddim_invert(
     Iterative Diffusion Inversion"): at the fixed point the sampler's step from ``x_t`` lands exactly
     on ``x_prev``, so 2-3 iterations make the round trip nearly exact for well-behaved models.
 
+    A schedule whose last alpha_bar is ~0 (cosine: 6e-8 at T = 200) spoils the round trip: the first
+    sampling step forms ``x0_hat = (x_T - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)``, which
+    multiplies any error of the model (or of the inversion) by ``1 / sqrt(alpha_bar_{T-1})``.
+
     Returns ``x_T`` shaped like ``x0``, on its device. The model is called as in :func:`sample`.
     """
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.ndim < 2:
