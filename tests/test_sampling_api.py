@@ -81,6 +81,18 @@ def test_only_stochastic_samplers_use_the_generator_after_x_T():
         assert torch.equal(a, b) != stochastic, name
 
 
+@pytest.mark.parametrize("name,eta,draws", [("ddim", 0.0, 0), ("ddim", 0.5, 5), ("ddpm", 0.0, 5),
+                                             ("dpm-solver++", 0.0, 0)])
+def test_the_generator_advances_by_x_T_and_one_draw_per_noisy_step(name, eta, draws):
+    """Six steps: DDPM and DDIM with eta > 0 add noise on all but the last (which lands on alpha_bar = 1)."""
+    g = _seed(19)
+    sample(_model(), SCHEDULE, SHAPE, sampler=name, eta=eta, steps=6, generator=g)
+    expected = _seed(19)
+    for _ in range(1 + draws):
+        torch.randn(SHAPE, generator=expected)
+    assert torch.equal(g.get_state(), expected.get_state())
+
+
 def test_ddim_with_eta_one_is_the_ddpm_step_on_the_respaced_chain():
     for spacing in ("trailing", "leading"):
         ddim = sample(_model(), SCHEDULE, SHAPE, sampler="ddim", eta=1.0, steps=12, spacing=spacing, generator=_seed(6))
@@ -356,6 +368,16 @@ def test_ddim_inversion_round_trip():
     assert 0.5 < x_T.std() < 1.5  # noise-like, not an image
     with pytest.raises(ValueError, match="refine must be an integer >= 0"):
         ddim_invert(model, schedule, x0, refine=-1)
+
+
+def test_ddim_inversion_calls_the_model_at_the_target_timesteps_least_noisy_first():
+    model = _model()
+    ddim_invert(model, SCHEDULE, torch.zeros(SHAPE), steps=5, spacing="leading")
+    visited = spaced_timesteps(T, 5, "leading").tolist()  # [40, 30, 20, 10, 0]
+    assert model.calls == [[t] * SHAPE[0] for t in reversed(visited)]
+    model.calls.clear()
+    ddim_invert(model, SCHEDULE, torch.zeros(SHAPE), steps=5, spacing="leading", refine=2)
+    assert model.calls == [[t] * SHAPE[0] for t in reversed(visited) for _ in range(3)]
 
 
 @pytest.mark.parametrize("kind", ["x0", "v"])

@@ -123,7 +123,8 @@ def sample(
         x_T: the starting noise, shaped ``shape`` on the sampling device; drawn from ``generator``
             when absent.
         prediction_type, variance_type: the model's ``DiffusionConfig.prediction`` and ``.variance``.
-        clip_x0: clamp every x0 estimate, and the result, to [-1, 1] (images; turn off for latents).
+        clip_x0: clamp every x0 estimate to [-1, 1] (images; turn off for latents). Every sampler's last
+            step lands on its last x0 estimate (alpha_bar = 1), so the result is then in [-1, 1] too.
         callback: ``callback(i, t, x_t, x0_hat)`` after every step (e.g. a :class:`Trajectory`).
         progress: show a tqdm bar.
         device: where to sample; defaults to ``x_T``'s device, else the generator's, else the
@@ -152,8 +153,6 @@ def sample(
         else:
             _check_x_T(x_T, shape, device)
         x = run_sampler(model, stepper, x_T, generator=generator, callback=callback, progress=progress)
-        if clip_x0:
-            x = x.clamp(-1.0, 1.0)
     return x.clone()  # outside inference mode: an ordinary tensor the caller may use freely
 
 
