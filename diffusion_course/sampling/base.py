@@ -68,6 +68,8 @@ class Sampler:
         self.variance_type = variance_type
         self.clip_x0 = clip_x0
         self.timesteps = torch.empty(0, dtype=torch.long)
+        self.pairs: list[tuple[int, int]] = []
+        """``[(t, t_prev), ...]``, one per step, noisiest first; the last ``t_prev`` is ``-1`` (alpha_bar = 1)."""
         self.reset()
 
     def __repr__(self) -> str:
@@ -79,17 +81,13 @@ class Sampler:
     def set_timesteps(self, steps: int, spacing: str = "trailing") -> list[tuple[int, int]]:
         """Choose the ``steps`` visited timesteps (see :mod:`.spacing`) and return the ``(t, t_prev)`` pairs."""
         self.timesteps = spaced_timesteps(self.schedule.timesteps, steps, spacing)
+        ts = self.timesteps.tolist()
+        self.pairs = list(zip(ts, ts[1:] + [-1], strict=True))
         self.reset()
         return self.pairs
 
     def reset(self) -> None:
         """Forget what a previous run left behind (multistep samplers remember earlier predictions)."""
-
-    @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """``[(t, t_prev), ...]``, one per step, noisiest first; the last ``t_prev`` is ``-1`` (alpha_bar = 1)."""
-        ts = self.timesteps.tolist()
-        return list(zip(ts, ts[1:] + [-1], strict=True)) if ts else []
 
     def needs_noise(self, i: int) -> bool:
         """Whether step ``i`` adds noise (then :meth:`step` needs a ``noise`` tensor)."""
