@@ -122,6 +122,7 @@ def test_trajectory_keeps_every_kth_step_of_the_chosen_images():
     sample(_model(), SCHEDULE, SHAPE, steps=10, generator=_seed(9), callback=record)
     assert record.ts == spaced_timesteps(T, 10, "trailing").tolist()[::3] and len(record) == 4
     assert record.xs[0].shape == (1, 1, 4, 4) and record.x0s[-1].shape == (1, 1, 4, 4)
+    assert not record.xs[0].is_inference()  # usable like any tensor after sampling
     assert torch.equal(record.xs[0][0], torch.randn(SHAPE, generator=_seed(9))[1])
     with pytest.raises(ValueError, match="every must be an integer >= 1"):
         Trajectory(every=0)

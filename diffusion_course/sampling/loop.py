@@ -221,9 +221,10 @@ class Trajectory:
     def __call__(self, i: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
         if i % self.every:
             return
-        self.ts.append(int(t))
-        self.xs.append(x_t[self.images].detach().float().cpu().clone())
-        self.x0s.append(x0_hat[self.images].detach().float().cpu().clone())
+        with torch.inference_mode(False):  # keep ordinary tensors, though sample() runs in inference mode
+            self.ts.append(int(t))
+            self.xs.append(x_t[self.images].detach().float().cpu().clone())
+            self.x0s.append(x0_hat[self.images].detach().float().cpu().clone())
 
     def __len__(self) -> int:
         return len(self.ts)
