@@ -11,7 +11,10 @@ Phase 3, training
     :mod:`~diffusion_course.losses`, :mod:`~diffusion_course.ema`, :mod:`~diffusion_course.checkpoint`,
     :mod:`~diffusion_course.training` (TrainConfig, Trainer), :mod:`~diffusion_course.train` (the
     command line), :mod:`~diffusion_course.batching` and :mod:`~diffusion_course.distributed` (data
-    order and DDP), :mod:`~diffusion_course.sampling` (the DDPM sampler used for sample grids).
+    order and DDP).
+Phase 4, sampling
+    :mod:`~diffusion_course.sampling` (one ``sample()`` over DDPM, DDIM and DPM-Solver++(2M); timestep
+    spacings; DDIM inversion and slerp).
 Around them
     :mod:`~diffusion_course.data` (datasets in [-1, 1], offline first), :mod:`~diffusion_course.viz`
     and :mod:`~diffusion_course.widgets` (pictures and sliders), :mod:`~diffusion_course.checks`

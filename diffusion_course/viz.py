@@ -246,3 +246,123 @@ def receptive_field(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
         model.train(was_training)
     grad = x.grad[0].abs().sum(0)
     return grad / (grad.max() + 1e-12)
+
+
+# ---------------------------------------------------------------------------
+# The reverse process: from noise to images
+# ---------------------------------------------------------------------------
+
+
+def _one_image(x: torch.Tensor) -> torch.Tensor:
+    """``[C, H, W]`` from ``[C, H, W]`` or a batch ``[b, C, H, W]`` (its first image)."""
+    return x[0] if x.ndim == 4 else x
+
+
+def _evenly(count: int, keep: int) -> list[int]:
+    """``keep`` indices spread evenly over ``range(count)``, always with the first and the last."""
+    if count <= keep:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, keep).round()})
+
+
+def reverse_process_strip(
+    xs: Sequence[torch.Tensor] | torch.Tensor,
+    x0s: Sequence[torch.Tensor] | torch.Tensor,
+    ts: Sequence[int],
+    columns: int = 8,
+    size: float = 1.3,
+    title: str | None = None,
+) -> Figure:
+    """The reverse process of one image: ``x_t`` on top, the sampler's estimate x̂0 below, left to right.
+
+    Args:
+        xs: the samples the model saw, one per step: a list of ``[C, H, W]`` (or ``[b, C, H, W]``, of
+            which the first image is drawn) or a tensor ``[K, C, H, W]``, in [-1, 1].
+        x0s: the x0 estimates from them, in the same layout.
+        ts: the timestep of each column (e.g. a :class:`~diffusion_course.sampling.Trajectory`'s
+            ``ts``, with ``xs`` and ``x0s`` from it too).
+        columns: at most this many steps are drawn, spread evenly, the first and the last always.
+    """
+    if not (len(xs) == len(x0s) == len(ts)) or len(ts) == 0:
+        raise ValueError(f"xs, x0s and ts must have the same non-zero length, got {len(xs)}, {len(x0s)}, {len(ts)}")
+    picked = _evenly(len(ts), columns)
+    fig, axes = plt.subplots(2, len(picked), figsize=(size * len(picked), 2 * size + 0.4), squeeze=False)
+    for col, k in enumerate(picked):
+        for row, images in enumerate((xs, x0s)):
+            picture = to_display(_one_image(images[k]))
+            ax = axes[row, col]
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, col].set_title(f"t={int(ts[k])}", fontsize=9)
+    axes[0, 0].set_ylabel("x_t")
+    axes[1, 0].set_ylabel("x̂0")
+    fig.suptitle(title or "reverse process: x_t (top) and the predicted x̂0 (bottom)")
+    fig.tight_layout()
+    return fig
+
+
+def _grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=1, pad_value=1.0)
+    return to_display(grid)
+
+
+def animate_samples(
+    frames: Sequence[torch.Tensor] | torch.Tensor,
+    ts: Sequence[int] | None = None,
+    nrow: int | None = None,
+    interval: int = 150,
+    max_frames: int = 20,
+    size: float = 2.5,
+    dpi: int = 72,
+    html: bool = True,
+):
+    """Animate a batch of images changing over the sampling steps (e.g. ``Trajectory.x0s`` or ``.xs``).
+
+    Args:
+        frames: one ``[B, C, H, W]`` tensor in [-1, 1] per step (a list, or a tensor ``[K, B, C, H, W]``);
+            each frame is drawn as one grid.
+        ts: the timestep of each frame, shown in the title.
+        nrow: images per grid row (default sqrt(B)).
+        interval: milliseconds per frame.
+        max_frames: at most this many frames are kept, spread evenly (first and last always), so the
+            embedded HTML stays small (JPEG frames of ``size`` inches at ``dpi``: up to ~20 KB each for
+            pure noise, less for images: at most about 0.5 MB with the defaults).
+        html: return an ``IPython.display.HTML`` (matplotlib's JavaScript player, nothing to install);
+            ``False`` returns the ``matplotlib.animation.FuncAnimation`` itself.
+    """
+    from matplotlib import animation
+
+    if len(frames) == 0:
+        raise ValueError("frames is empty: record some steps first (e.g. with sampling.Trajectory)")
+    if ts is not None and len(ts) != len(frames):
+        raise ValueError(f"ts has {len(ts)} entries for {len(frames)} frames")
+    picked = _evenly(len(frames), max_frames)
+    first = frames[picked[0]]
+    first = first.unsqueeze(0) if first.ndim == 3 else first
+    nrow = nrow or max(1, math.ceil(math.sqrt(first.shape[0])))
+    grids = [_grid(frames[k].unsqueeze(0) if frames[k].ndim == 3 else frames[k], nrow) for k in picked]
+    height, width = grids[0].shape[:2]
+    fig, ax = plt.subplots(figsize=(size, size * height / width + 0.3), dpi=dpi)
+    ax.axis("off")
+    shown = ax.imshow(grids[0], cmap="gray" if grids[0].ndim == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+
+    def draw(n: int):
+        shown.set_data(grids[n])
+        ax.set_title(f"t={int(ts[picked[n]])}" if ts is not None else f"step {picked[n]}", fontsize=9)
+        return (shown,)
+
+    draw(0)
+    fig.tight_layout()
+    anim = animation.FuncAnimation(fig, draw, frames=len(grids), interval=interval, blit=False)
+    if not html:
+        return anim
+    from IPython.display import HTML
+
+    with plt.rc_context({"animation.frame_format": "jpeg", "savefig.dpi": dpi}):
+        page = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return HTML(page)

@@ -1,4 +1,7 @@
-"""The minimal DDPM sampler, step by step and end to end, against diffusers' DDPMScheduler."""
+"""The legacy DDPM entry point ``ddpm_sample`` (now a wrapper over ``sample``) and respacing.
+
+The step functions against diffusers: tests/test_sampling_diffusers.py; ``sample()``: tests/test_sampling_api.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from diffusion_course.sampling import (
     ddpm_step,
     respace_schedule,
     respaced_timesteps,
+    sample,
+    spaced_timesteps,
 )
 from diffusion_course.schedules import get_schedule
 from diffusion_course.viz import save_image_grid
@@ -30,33 +35,6 @@ def _scheduler(kind: str, timesteps: int = 1000, **kw) -> DDPMScheduler:
         clip_sample=True,
         **kw,
     )
-
-
-@pytest.mark.parametrize("kind", ["eps", "x0", "v"])
-def test_one_step_matches_diffusers(kind):
-    schedule = get_schedule("linear", 1000)
-    sched = _scheduler(kind)
-    g = torch.Generator().manual_seed(0)
-    x_t = torch.randn(3, 2, 4, 4, generator=g)
-    out = torch.randn(3, 2, 4, 4, generator=g) * 2  # large enough that clipping x0 matters
-    for t in (999, 500, 20, 1, 0):
-        noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(t))
-        ref = sched.step(out, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
-        ours, _ = ddpm_step(out, x_t, t, schedule, noise, prediction_type=kind)
-        assert torch.allclose(ours, ref, atol=1e-4), (kind, t)
-
-
-def test_learned_variance_step_matches_diffusers_learned_range():
-    schedule = get_schedule("linear", 1000)
-    sched = _scheduler("eps", variance_type="learned_range")
-    g = torch.Generator().manual_seed(1)
-    x_t = torch.randn(2, 1, 4, 4, generator=g)
-    out = torch.cat([torch.randn(2, 1, 4, 4, generator=g), torch.rand(2, 1, 4, 4, generator=g) * 2 - 1], 1)
-    for t in (900, 30, 2):
-        noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(t))
-        ref = sched.step(out, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
-        ours, _ = ddpm_step(out, x_t, t, schedule, noise, learned_variance=True)
-        assert torch.allclose(ours, ref, atol=1e-3)
 
 
 class _FakeModel(torch.nn.Module):
@@ -109,6 +87,40 @@ def test_respacing_keeps_alpha_bar_at_the_chosen_steps():
         respaced_timesteps(1000, 0)
 
 
+def test_ddpm_sample_is_sample_with_ddpm_and_linspace_steps():
+    schedule = get_schedule("linear", 40)
+    model = _FakeModel()
+    for steps in (None, 9):
+        legacy = ddpm_sample(model, schedule, (2, 1, 4, 4), generator=torch.Generator().manual_seed(4), steps=steps)
+        new = sample(model, schedule, (2, 1, 4, 4), sampler="ddpm", steps=steps or 40, spacing="linspace",
+                     generator=torch.Generator().manual_seed(4))
+        assert torch.equal(legacy, new)
+
+
+def test_ddpm_sample_reads_a_learned_variance_from_the_channel_count_once():
+    schedule = get_schedule("linear", 30)
+    calls = []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return torch.cat([torch.tanh(0.3 * x), torch.tanh(x + t.view(-1, 1, 1, 1) / 30)], dim=1)
+
+    legacy = ddpm_sample(model, schedule, (2, 1, 4, 4), generator=torch.Generator().manual_seed(5), steps=6)
+    assert calls == respaced_timesteps(30, 6).tolist()  # the probing call is reused, not repeated
+    learned = sample(model, schedule, (2, 1, 4, 4), sampler="ddpm", steps=6, spacing="linspace",
+                     variance_type="learned", generator=torch.Generator().manual_seed(5))
+    fixed = sample(lambda x, t: model(x, t)[:, :1], schedule, (2, 1, 4, 4), sampler="ddpm", steps=6,
+                   spacing="linspace", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(legacy, learned) and not torch.allclose(legacy, fixed)
+
+
+def test_one_step_visits_the_noisiest_timestep():
+    assert respaced_timesteps(1000, 1).tolist() == [999]
+    assert spaced_timesteps(1000, 1, "linspace").tolist() == [999]  # diffusers would start at t = 0
+    assert spaced_timesteps(1000, 1, "trailing").tolist() == [999]
+    assert spaced_timesteps(1000, 10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+
+
 def test_wrong_channel_count_is_a_clear_error():
     schedule = get_schedule("linear", 10)
 
@@ -126,3 +138,12 @@ def test_save_image_grid_writes_a_png(tmp_path):
     save_image_grid(torch.linspace(-1, 1, 4 * 3 * 8 * 8).view(4, 3, 8, 8), path)
     image = Image.open(path)
     assert image.format == "PNG" and image.size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
+
+
+def test_ddpm_step_at_t0_returns_the_clipped_x0_and_needs_no_noise():
+    schedule = get_schedule("linear", 1000)
+    x_t = torch.linspace(-3, 3, 16).view(1, 1, 4, 4)
+    x_prev, x0_hat = ddpm_step(torch.zeros_like(x_t), x_t, 0, schedule, None)
+    assert torch.equal(x_prev, x0_hat) and x0_hat.abs().max() == 1.0
+    with pytest.raises(ValueError, match=r"noise of shape \(1, 1, 4, 4\) is needed for t > 0"):
+        ddpm_step(torch.zeros_like(x_t), x_t, 5, schedule, None)
