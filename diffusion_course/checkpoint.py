@@ -126,8 +126,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain-data checkpoint ({_reason(err)})"
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    except Exception as err:  # truncated or foreign files fail deep inside torch.load in many ways
+        raise CheckpointError(f"cannot read checkpoint {path}: not a complete torch checkpoint "
+                              f"({type(err).__name__}: {_first_line(err)})") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dictionary")
     return state
