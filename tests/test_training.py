@@ -218,7 +218,7 @@ def test_checkpoint_holds_everything_as_plain_data(tmp_path):
     assert TrainConfig.from_dict(state["config"]) == trainer.config
     assert state["model_config"]["channel_mults"] == [1, 2, 2]
     assert state["data_stats"]["count"] == 24
-    assert set(state["rng"][0]) >= {"noise", "torch_cpu", "python", "numpy"}
+    assert set(state["rng"][0]) == {"device", "noise", "torch_cpu"}  # no Python or NumPy state: nothing draws from them
     model, diffusion, _ = load_model(tmp_path / "checkpoint.pt")
     assert _same_params(model, trainer.ema.module) and not model.training
     assert diffusion == trainer.objective.diffusion
