@@ -1,4 +1,4 @@
-"""Losses: L_simple, min-SNR weights, the VLB pieces and timestep samplers, against references."""
+"""Losses: L_simple, min-SNR weights, the VLB pieces and the diffusion objective, against references."""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ from diffusion_course.losses import (
     vlb_terms,
 )
 from diffusion_course.schedules import get_schedule
-from diffusion_course.timesteps import ImportanceTimesteps as ImportanceSampler
-from diffusion_course.timesteps import UniformTimesteps as UniformSampler
-from diffusion_course.timesteps import make_timestep_sampler
 
 
 @pytest.fixture(scope="module")
@@ -223,42 +220,3 @@ def test_loss_errors_are_clear(schedule):
         diffusion_loss(torch.randn(6, 3, 4, 4), x0, x0, noise, t, schedule, loss_type="hybrid")
     with pytest.raises(ValueError, match="does not match the images"):
         diffusion_loss(torch.randn(6, 1, 4, 4), x0, x0, noise, t, schedule)
-
-
-# --- timestep samplers ------------------------------------------------------------------------
-
-
-def test_uniform_sampler_covers_the_range_reproducibly():
-    s = UniformSampler(10)
-    t1, w = s.sample(2000, generator=torch.Generator().manual_seed(0))
-    t2, _ = s.sample(2000, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(t1, t2) and torch.equal(w, torch.ones(2000))
-    counts = torch.bincount(t1, minlength=10)
-    assert counts.min() > 150 and t1.max() == 9
-
-
-def test_importance_sampler_follows_sqrt_mean_square_loss():
-    s = ImportanceSampler(4, history=3, uniform_prob=0.0)
-    assert torch.allclose(s.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))
-    for _ in range(3):  # fill every history; loss of t is proportional to t + 1
-        s.update(torch.arange(4), torch.arange(1.0, 5.0))
-    assert s.warmed_up()
-    assert torch.allclose(s.probabilities(), torch.arange(1.0, 5.0, dtype=torch.float64) / 10)
-    t, w = s.sample(20000, generator=torch.Generator().manual_seed(1))
-    freq = torch.bincount(t, minlength=4).double() / 20000
-    assert torch.allclose(freq, torch.arange(1.0, 5.0, dtype=torch.float64) / 10, atol=0.01)
-    # importance weights 1 / (T p_t) make the weighted loss an unbiased estimate of the mean loss
-    assert torch.allclose(w, (1 / (4 * (t.double() + 1) / 10)).float())
-
-
-def test_importance_sampler_history_is_a_ring_buffer_and_round_trips():
-    s = ImportanceSampler(2, history=2)
-    s.update(torch.tensor([0, 0, 0]), torch.tensor([1.0, 2.0, 3.0]))
-    assert s.losses[0].tolist() == [2.0, 3.0] and s.counts[0] == 3
-    other = make_timestep_sampler("importance", 2)
-    other.load_state_dict(s.state_dict())
-    assert torch.equal(other.losses, s.losses) and torch.equal(other.counts, s.counts)
-    with pytest.raises(ValueError, match="timestep sampler state is for 'importance'"):
-        make_timestep_sampler("uniform", 2).load_state_dict(s.state_dict())
-    with pytest.raises(ValueError, match="unknown timestep sampler"):
-        make_timestep_sampler("cosine", 2)
