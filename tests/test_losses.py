@@ -410,6 +410,16 @@ def test_the_vlb_objective_feeds_the_importance_sampler_and_keeps_its_state():
     assert objective.records() == {"diffusion_config": objective.diffusion.to_dict()}
 
 
+def test_preview_takes_at_most_T_steps():
+    """TrainConfig's default of 100 preview steps must work for a run with T < 100."""
+    objective = DiffusionObjective(DiffusionConfig(timesteps=20))
+    model = _Spy()
+    images = objective.preview(model, (2, 1, 4, 4), torch.Generator().manual_seed(0), steps=100)
+    assert images.shape == (2, 1, 4, 4) and len(model.calls) == 20
+    objective.preview(model, (2, 1, 4, 4), torch.Generator().manual_seed(0), steps=5)
+    assert len(model.calls) == 25
+
+
 def test_loss_per_timestep_uses_the_same_noise_at_every_t():
     s = get_schedule("linear", 100)
     model, x0 = _Spy(), _images(6)

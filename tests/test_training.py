@@ -238,6 +238,13 @@ def test_metrics_log_and_sample_grid(tmp_path):
     assert images.shape == (2, 1, SIZE, SIZE) and images.abs().max() <= 1
 
 
+def test_previews_of_a_run_with_fewer_than_sample_steps_timesteps(tmp_path):
+    trainer = make_trainer(tmp_path, timesteps=20, max_steps=2, sample_every=2, sample_count=2)
+    assert trainer.config.sample_steps == 100  # the default, more than T: the preview takes all 20 steps
+    trainer.train()
+    assert (tmp_path / "samples" / "step_0000002.png").is_file()
+
+
 def test_a_learned_variance_model_trains_and_samples(tmp_path):
     trainer = make_trainer(tmp_path, loss="hybrid", max_steps=2, sample_steps=3)
     record = trainer.train().history[-1]
