@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import reference_losses as reference
 import torch
 import torch.nn.functional as F
-from torch.distributions import Normal, kl_divergence
 
 from diffusion_course.diffusion import DiffusionConfig, q_sample
 from diffusion_course.losses import (
@@ -156,49 +156,6 @@ def test_discretized_gaussian_is_a_distribution_over_256_values():
         assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
-def _reference_terms_bits(model_mean, model_log_var, x0, x_t, t, s) -> torch.Tensor:
-    """L_{t-1} per example in bits per dimension, from the papers' formulas in float64.
-
-    Only the schedule's betas come from the package; the posterior (DDPM eqs. 6-7), the KL and
-    the decoder (DDPM eq. 13: the Gaussian mass of each pixel's bin of width 2/255, the outer
-    bins stretched to +-inf) are computed with torch.distributions.
-    """
-    model_mean, model_log_var, x0, x_t = (v.double() for v in (model_mean, model_log_var, x0, x_t))
-    model_log_var = model_log_var.expand_as(x0)
-    betas = s.betas
-    ab = torch.cumprod(1 - betas, 0)
-    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
-    terms = []
-    for i, ti in enumerate(t.tolist()):
-        model = Normal(model_mean[i], (0.5 * model_log_var[i]).exp())
-        if ti == 0:
-            lo = torch.where(x0[i] < -0.999, -math.inf, x0[i] - 1 / 255)
-            hi = torch.where(x0[i] > 0.999, math.inf, x0[i] + 1 / 255)
-            nats = -(model.cdf(hi) - model.cdf(lo)).log()
-        else:
-            b, a_bar, a_bar_prev = betas[ti], ab[ti], ab_prev[ti]
-            mean = (a_bar_prev.sqrt() * b * x0[i] + (1 - b).sqrt() * (1 - a_bar_prev) * x_t[i]) / (1 - a_bar)
-            posterior = Normal(mean, ((1 - a_bar_prev) / (1 - a_bar) * b).sqrt())
-            nats = kl_divergence(posterior, model)
-        terms.append(nats.mean() / math.log(2))
-    return torch.stack(terms)
-
-
-def _reference_bound_bits(output, x0, x_t, t, s) -> torch.Tensor:
-    """The bound's term of a learned-variance eps model's ``output = [eps, v]``: its mean is DDPM
-    eq. 11 and its log variance Improved DDPM eq. 15, with beta-tilde_0 replaced by beta-tilde_1."""
-    eps, v = output.double().chunk(2, dim=1)
-    betas = s.betas
-    ab = torch.cumprod(1 - betas, 0)
-    tilde = torch.cat([torch.zeros(1, dtype=torch.float64), (1 - ab[:-1]) / (1 - ab[1:]) * betas[1:]])
-    tilde[0] = tilde[1]
-    b, a_bar = betas[t].view(-1, 1, 1, 1), ab[t].view(-1, 1, 1, 1)
-    mean = (x_t.double() - b / (1 - a_bar).sqrt() * eps) / (1 - b).sqrt()
-    u = (v + 1) / 2
-    log_var = u * b.log() + (1 - u) * tilde[t].log().view(-1, 1, 1, 1)
-    return _reference_terms_bits(mean, log_var, x0, x_t, t, s)
-
-
 def test_vlb_terms_match_an_independent_computation_at_every_t_including_the_decoder(schedule):
     g = torch.Generator().manual_seed(7)
     x0 = _on_the_8bit_grid(torch.rand(5, 2, 3, 3, generator=g) * 2 - 1)
@@ -208,7 +165,7 @@ def test_vlb_terms_match_an_independent_computation_at_every_t_including_the_dec
     model_mean = x0 + 0.01 * torch.randn(x0.shape, generator=g)  # a decent but imperfect model
     model_log_var = torch.log(torch.full((5, 1, 1, 1), 1e-4)) + 0.5 * torch.randn(5, 1, 1, 1, generator=g)
     ours = vlb_terms(model_mean, model_log_var, x0, x_t, t, schedule)
-    ref = _reference_terms_bits(model_mean, model_log_var, x0, x_t, t, schedule)
+    ref = reference.terms_bits(model_mean, model_log_var, x0, x_t, t, schedule)
     assert ours.shape == (5,) and ours[0] > 0
     assert torch.allclose(ours.double(), ref, rtol=1e-4, atol=1e-6)
 
@@ -263,7 +220,7 @@ def test_hybrid_loss_value_and_stop_gradient_on_the_mean(schedule):
     hybrid = diffusion_loss(out, x0, x_t, noise, t, schedule, loss_type="hybrid")
     # L_simple + lambda * T * L_t, each part computed independently (lambda * T = 1 here)
     mse = ((out.detach()[:, :2] - noise) ** 2).mean(dim=(1, 2, 3)).double()
-    bound = _reference_bound_bits(out.detach(), x0, x_t, t, schedule)
+    bound = reference.bound_bits(out.detach(), x0, x_t, t, schedule)
     assert torch.allclose(hybrid.per_example.double(), mse + HYBRID_LAMBDA * 1000 * bound, rtol=1e-4)
     assert torch.allclose(hybrid.vlb.double(), bound, rtol=1e-4) and torch.allclose(hybrid.mse.double(), mse)
     hybrid.loss.backward()
@@ -274,7 +231,7 @@ def test_hybrid_loss_value_and_stop_gradient_on_the_mean(schedule):
     assert torch.allclose(grad_mean, eps.grad, atol=1e-7)
     # ... and the variance channels that of the bound (lambda * T * mean over the batch)
     v_ref = out.detach().double().requires_grad_(True)
-    (HYBRID_LAMBDA * 1000 * _reference_bound_bits(v_ref, x0, x_t, t, schedule).mean()).backward()
+    (HYBRID_LAMBDA * 1000 * reference.bound_bits(v_ref, x0, x_t, t, schedule).mean()).backward()
     expected = v_ref.grad[:, 2:].float()
     assert torch.allclose(grad_var, expected, rtol=1e-3, atol=1e-6 * expected.abs().max().item())
 
@@ -284,7 +241,7 @@ def test_vlb_loss_trains_the_mean_too(schedule):
     x0, noise, t, x_t, out = _learned_variance_batch(5)
     loss = diffusion_loss(out, x0, x_t, noise, t, schedule, loss_type="vlb")
     ref_out = out.detach().double().requires_grad_(True)
-    ref = 1000 * _reference_bound_bits(ref_out, x0, x_t, t, schedule)
+    ref = 1000 * reference.bound_bits(ref_out, x0, x_t, t, schedule)
     assert torch.allclose(loss.per_example.double(), ref.detach(), rtol=1e-4)
     loss.loss.backward()
     ref.mean().backward()
