@@ -109,24 +109,6 @@ def test_respacing_keeps_alpha_bar_at_the_chosen_steps():
         respaced_timesteps(1000, 0)
 
 
-def test_one_sampling_step_starts_from_the_noisiest_t():
-    assert respaced_timesteps(1000, 1).tolist() == [999]  # not t = 0, which would return the noise itself
-    assert respaced_timesteps(10, 2).tolist() == [9, 0]
-    seen = []
-
-    def model(x, t):
-        seen.append(t.tolist())
-        return x  # "everything is noise": x0_hat = 0 from the noisiest t
-
-    schedule = get_schedule("linear", 100)
-    images = ddpm_sample(model, schedule, (2, 1, 4, 4), steps=1, generator=torch.Generator().manual_seed(0))
-    assert seen == [[99, 99]]
-    noise = torch.randn((2, 1, 4, 4), generator=torch.Generator().manual_seed(0))
-    ab = schedule.alphas_cumprod[99].float()
-    x0_hat = (noise - (1 - ab).sqrt() * noise) / ab.sqrt()
-    assert torch.allclose(images, x0_hat.clamp(-1, 1), atol=1e-5)
-
-
 def test_wrong_channel_count_is_a_clear_error():
     schedule = get_schedule("linear", 10)
 
