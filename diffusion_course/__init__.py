@@ -8,8 +8,9 @@ Phase 1, forward diffusion
 Phase 2, the network
     :mod:`~diffusion_course.unet` (time embedding, blocks, the U-Net and its presets).
 Phase 3, training
-    :mod:`~diffusion_course.losses`, :mod:`~diffusion_course.ema`, :mod:`~diffusion_course.checkpoint`,
-    :mod:`~diffusion_course.training` (TrainConfig, Trainer), :mod:`~diffusion_course.train` (the
+    :mod:`~diffusion_course.losses` (the objective), :mod:`~diffusion_course.timesteps`,
+    :mod:`~diffusion_course.ema`, :mod:`~diffusion_course.checkpoint`, :mod:`~diffusion_course.training`
+    (TrainConfig), :mod:`~diffusion_course.trainer` (the Trainer), :mod:`~diffusion_course.train` (the
     command line), :mod:`~diffusion_course.batching` and :mod:`~diffusion_course.distributed` (data
     order and DDP).
 Phase 4, sampling

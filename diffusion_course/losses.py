@@ -466,11 +466,14 @@ class DiffusionObjective:
     def preview(self, model, shape: tuple[int, ...], generator: torch.Generator, steps: int | None = None):
         """Images ``shape = [B, C, H, W]`` in [-1, 1] from ``model``: what it has learned so far.
 
-        DDPM ancestral sampling with ``steps`` respaced steps (None: all T). A class-conditional
-        model draws the classes ``0, 1, 2, ...`` in turn, so a grid shows every class.
+        DDPM ancestral sampling with ``min(steps, T)`` respaced steps (None: all T), so a run's
+        preview setting works for any T. A class-conditional model draws the classes
+        ``0, 1, 2, ...`` in turn, so a grid shows every class.
         """
         from .sampling import ddpm_sample
 
+        if steps is not None:
+            steps = min(steps, self.schedule.timesteps)
         labels = None
         if self.diffusion.conditioning == "class":
             labels = torch.arange(shape[0], device=generator.device) % self.diffusion.num_classes

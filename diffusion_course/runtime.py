@@ -77,19 +77,17 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def capture_rng_state(generator: torch.Generator) -> dict:
-    """This process's random states as plain data (tensors, lists, numbers).
+    """This process's random states as plain data (tensors and strings).
 
     ``generator`` is the training loop's own generator (noise, timesteps, flips), on the
-    training device; torch's global CPU generator (dropout on the CPU), the current CUDA
-    device's (dropout on a GPU), Python's and NumPy's are saved too.
+    training device; torch's global CPU generator (dropout on the CPU) and the current CUDA
+    device's (dropout on a GPU) are saved too. Python's and NumPy's generators are not: nothing
+    in the training path draws from them.
     """
-    np_state = np.random.get_state()
     state = {
         "device": generator.device.type,
         "noise": generator.get_state(),
         "torch_cpu": torch.get_rng_state(),
-        "python": _listify(random.getstate()),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
     if generator.device.type == "cuda":
         state["torch_cuda"] = torch.cuda.get_rng_state(generator.device)
@@ -100,11 +98,9 @@ def restore_rng_state(state: dict, generator: torch.Generator) -> bool:
     """Inverse of :func:`capture_rng_state`. Returns False, and leaves ``generator`` alone, when
     the state was captured on another device type (a CUDA run resumed on the CPU, say): a CUDA
     generator's state cannot drive a CPU generator, so that continuation cannot be bit-exact.
-    The global CPU, Python and NumPy states are restored either way."""
+    The global CPU state is restored either way. States from older checkpoints (no ``device``
+    entry; Python and NumPy states, which are ignored) are accepted."""
     torch.set_rng_state(state["torch_cpu"].cpu())
-    random.setstate(_tuplify(state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     saved_on = state.get("device", "cuda" if "torch_cuda" in state else "cpu")
     if saved_on != generator.device.type:
         return False
@@ -112,15 +108,3 @@ def restore_rng_state(state: dict, generator: torch.Generator) -> bool:
     if generator.device.type == "cuda" and "torch_cuda" in state:
         torch.cuda.set_rng_state(state["torch_cuda"].cpu(), generator.device)
     return True
-
-
-def _listify(value):
-    if isinstance(value, (tuple, list)):
-        return [_listify(v) for v in value]
-    return value
-
-
-def _tuplify(value):
-    if isinstance(value, list):
-        return tuple(_tuplify(v) for v in value)
-    return value

@@ -19,7 +19,9 @@ generated from the dataclass (its help texts and choices live in the field metad
 the two cannot drift apart.
 
 A run never loses a checkpoint: ``--out`` holding a checkpoint is refused unless
-``--resume`` is given, ``--resume`` continues bit for bit, and every save is atomic.
+``--resume`` is given, ``--resume`` continues bit for bit on the CPU (see
+:mod:`~diffusion_course.trainer` for GPUs and for a checkpoint from another device), and every
+save is atomic.
 """
 
 from __future__ import annotations

@@ -21,14 +21,16 @@ continues *bit for bit* on the CPU -- the same weights as if the run had never s
 - the data order of epoch ``e`` is a pure function of ``(seed, e)`` (see
   :mod:`~diffusion_course.batching`), so the position in the stream is one number;
 - noise, timesteps and flips come from one ``torch.Generator`` per process on the training
-  device, whose state is saved, as are torch's global generators (dropout) and Python's and
-  NumPy's (see :func:`~diffusion_course.runtime.capture_rng_state`);
+  device, whose state is saved, as are torch's global generators (dropout; see
+  :func:`~diffusion_course.runtime.capture_rng_state`);
 - model, EMA, optimizer, gradient scaler and the objective's own state are saved; the
   learning rate is a pure function of the step.
 
 On a GPU, cuDNN and atomics make some kernels nondeterministic, so a resumed CUDA run is the
 same run statistically but not bit for bit (set ``torch.use_deterministic_algorithms(True)``
 and ``torch.backends.cudnn.deterministic = True`` yourself if you need that, at a cost in speed).
+A checkpoint resumed on another device type (a CUDA run continued on the CPU, or ``--device auto``
+picking another device) goes on with fresh noise and a warning that it is no longer bit for bit.
 
 Under ``torchrun`` the same loop runs in K processes with DistributedDataParallel; each rank
 reads its own shard of every epoch, and only rank 0 writes files (see

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -154,3 +156,73 @@ def test_first_t_below_check():
     assert not as_tensor and "Python int" in as_tensor.problems[0]
     off = checks.check_first_t_below(lambda s, level: int((s.alphas_cumprod >= level).sum()) - 1)
     assert not off and "off by one" in off.problems[0]
+
+
+# --- a right answer written independently of the package, paired with a wrong one -----------------
+
+
+def _linear_by_hand(T):
+    return torch.tensor([1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)], dtype=torch.float64)
+
+
+def _linear_geometric(T):  # the right end points, the wrong spacing
+    return torch.logspace(math.log10(1e-4), math.log10(0.02), T, dtype=torch.float64)
+
+
+def _cosine_by_hand(T, s=0.008):
+    f = [math.cos((i / T + s) / (1 + s) * math.pi / 2) ** 2 for i in range(T + 1)]
+    return torch.tensor([min(1 - f[i + 1] / f[i], 0.999) for i in range(T)], dtype=torch.float64)
+
+
+def _alpha_bars(schedule, t):
+    """alpha_bar_t and alpha_bar_{t-1} as Python floats, from the betas alone."""
+    betas = schedule.betas.tolist()
+    return math.prod(1 - b for b in betas[: t + 1]), math.prod(1 - b for b in betas[:t])
+
+
+def _q_sample_by_hand(x0, t, noise, schedule):
+    out = torch.empty_like(x0)
+    for i, ti in enumerate(t.tolist()):
+        ab, _ = _alpha_bars(schedule, ti)
+        out[i] = math.sqrt(ab) * x0[i] + math.sqrt(1 - ab) * noise[i]
+    return out
+
+
+def _q_posterior_by_hand(x0, x_t, t, schedule):
+    mean, var = torch.empty_like(x0), torch.empty(x0.shape[0], *[1] * (x0.ndim - 1), dtype=x0.dtype)
+    for i, ti in enumerate(t.tolist()):
+        ab, ab_prev = _alpha_bars(schedule, ti)
+        beta = schedule.betas[ti].item()
+        mean[i] = math.sqrt(ab_prev) * beta / (1 - ab) * x0[i] + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * x_t[i]
+        var[i] = (1 - ab_prev) / (1 - ab) * beta
+    return mean, var
+
+
+def _first_t_below_by_hand(schedule, level):
+    for t, ab in enumerate(schedule.alphas_cumprod.tolist()):
+        if ab < level:
+            return t
+    return schedule.timesteps
+
+
+CASES = {
+    "linear": (checks.check_linear_schedule, _linear_by_hand, _linear_geometric, "not evenly spaced"),
+    "cosine": (checks.check_cosine_schedule, _cosine_by_hand, lambda T, s=0.008: _cosine_variant(T, s, offset=False),
+               "offset s is missing"),
+    "q_sample": (checks.check_q_sample, _q_sample_by_hand,
+                 _q_sample_variant(lambda s: s.alphas_cumprod, lambda s: 1 - s.alphas_cumprod), "wrong scale"),
+    "q_posterior": (checks.check_q_posterior, _q_posterior_by_hand,
+                    lambda x0, x_t, t, s: (x_t, _q_posterior_by_hand(x0, x_t, t, s)[1]), "the mean differs"),
+    "first_t_below": (checks.check_first_t_below, _first_t_below_by_hand,
+                      lambda s, level: _first_t_below_by_hand(s, level) - 1, "off by one"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_check_passes_a_right_answer_and_rejects_a_wrong_one(capsys, name):
+    check, by_hand, wrong, message = CASES[name]
+    assert check(by_hand)  # right, and written here rather than taken from the package
+    result = check(wrong)
+    assert not result and message in " ".join(result.problems), result.problems
+    out = capsys.readouterr().out
+    assert out.count("✅") == 1 and out.count("❌") == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -21,17 +23,18 @@ class RefAttention(unet.AttentionBlock):
         super().__init__(channels, num_heads, norm_groups)
 
 
-def test_references_pass():
-    assert checks.check_timestep_embedding(unet.timestep_embedding)
-    assert checks.check_res_block(RefResBlock)
-    assert checks.check_attention_block(RefAttention)
-    assert checks.check_mini_unet(MiniUNet)
-    assert checks.check_train_step(ref_training.reference_train_step)
-    assert checks.check_ema_update(ref_training.reference_ema_update)
-    assert checks.check_accumulated_step(ref_training.reference_accumulated_step)
+def _embedding_by_hand(t, dim, max_period=10000.0):
+    half = dim // 2
+    rows = []
+    for ti in t.tolist():
+        args = [ti * max_period ** (-i / (half - 1)) for i in range(half)]
+        rows.append([math.sin(a) for a in args] + [math.cos(a) for a in args])
+    return torch.tensor(rows)
 
 
 def test_timestep_embedding_mistakes():
+    assert checks.check_timestep_embedding(unet.timestep_embedding)
+    assert checks.check_timestep_embedding(_embedding_by_hand)
     def cos_first(t, dim, max_period=10000.0):
         e = unet.timestep_embedding(t, dim, max_period)
         return torch.cat([e[:, dim // 2:], e[:, : dim // 2]], 1)
@@ -52,6 +55,7 @@ def test_timestep_embedding_mistakes():
 
 
 def test_res_block_mistakes():
+    assert checks.check_res_block(RefResBlock)
     class NoTime(RefResBlock):
         def forward(self, x, temb):
             h = self.conv1(F.silu(self.norm1(x)))
@@ -73,6 +77,7 @@ def test_res_block_mistakes():
 
 
 def test_attention_mistakes():
+    assert checks.check_attention_block(RefAttention)
     class OneHead(RefAttention):
         def forward(self, x):
             q, k, v = self.qkv(self.norm(x).flatten(2).transpose(1, 2)).chunk(3, dim=2)
@@ -89,6 +94,7 @@ def test_attention_mistakes():
 
 
 def test_mini_unet_mistakes():
+    assert checks.check_mini_unet(MiniUNet)
     class NoSkip(MiniUNet):
         def forward(self, x, t):
             temb = self.time_embed(t)
@@ -110,7 +116,20 @@ def test_mini_unet_mistakes():
         assert not result and message in result.problems[0], result.problems
 
 
+def _train_step_by_hand(model, opt, x0, s, g):
+    t = torch.randint(0, s.timesteps, (x0.shape[0],), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    ab = s.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    loss = ((model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t) - noise) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def test_train_step_mistakes():
+    assert checks.check_train_step(ref_training.reference_train_step)
+    assert checks.check_train_step(_train_step_by_hand)
     def predicts_x0(model, opt, x0, s, g):
         t = torch.randint(0, s.timesteps, (x0.shape[0],), generator=g)
         noise = torch.randn(x0.shape, generator=g)
@@ -138,10 +157,44 @@ def test_train_step_mistakes():
         assert not result and message in result.problems[0], result.problems
 
 
-def test_ema_and_accumulation_mistakes():
+def test_ema_mistakes():
+    @torch.no_grad()
+    def by_hand(ema, model, decay):
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.copy_(decay * p_ema + (1 - decay) * p)
+
     def rebinds(ema, model, decay):
         for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
             p_ema = decay * p_ema + (1 - decay) * p  # noqa: F841
+
+    @torch.no_grad()
+    def swapped(ema, model, decay):
+        by_hand(ema, model, 1 - decay)
+
+    @torch.no_grad()
+    def copies(ema, model, decay):
+        ema.load_state_dict(model.state_dict())
+
+    def forgets_no_grad(ema, model, decay):
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.mul_(decay).add_(p, alpha=1 - decay)
+
+    assert checks.check_ema_update(ref_training.reference_ema_update)
+    assert checks.check_ema_update(by_hand)
+    for fn, message in ((rebinds, "did not change"), (swapped, "are swapped"), (copies, "replaced by the model's"),
+                        (forgets_no_grad, "leaf Variable that requires grad is being used in an in-place")):
+        result = checks.check_ema_update(fn)
+        assert not result and message in result.problems[0], (fn.__name__, result.problems)
+
+
+def test_accumulation_mistakes():
+    def by_hand(model, opt, batch, loss_fn, k):
+        opt.zero_grad()
+        losses = [loss_fn(model, chunk) * (1 / k) for chunk in batch.chunk(k)]
+        for loss in losses:
+            loss.backward()
+        opt.step()
+        return float(sum(loss.item() for loss in losses))
 
     def unscaled(model, opt, batch, loss_fn, k):
         opt.zero_grad()
@@ -153,5 +206,18 @@ def test_ema_and_accumulation_mistakes():
         opt.step()
         return total
 
-    assert "did not change" in checks.check_ema_update(rebinds).problems[0]
-    assert "divide each micro-batch loss" in checks.check_accumulated_step(unscaled).problems[0]
+    def zeroes_every_chunk(model, opt, batch, loss_fn, k):
+        total = 0.0
+        for chunk in batch.chunk(k):
+            opt.zero_grad()
+            loss = loss_fn(model, chunk) / k
+            loss.backward()
+            total += loss.item()
+        opt.step()
+        return total
+
+    assert checks.check_accumulated_step(ref_training.reference_accumulated_step)
+    assert checks.check_accumulated_step(by_hand)
+    for fn, message in ((unscaled, "divide each micro-batch loss"), (zeroes_every_chunk, "zero the gradients once")):
+        result = checks.check_accumulated_step(fn)
+        assert not result and message in result.problems[0], (fn.__name__, result.problems)

@@ -1,19 +1,23 @@
-"""Losses: L_simple, min-SNR weights, the VLB pieces and timestep samplers, against references."""
+"""Losses: L_simple, min-SNR weights, the VLB pieces and the diffusion objective, against references."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import reference_losses as reference
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
-from diffusion_course.diffusion import learned_log_variance, p_mean_variance, q_sample
+from diffusion_course.diffusion import DiffusionConfig, q_sample
 from diffusion_course.losses import (
     HYBRID_LAMBDA,
+    DiffusionObjective,
+    ObjectiveOutput,
+    ddpm_loss,
     diffusion_loss,
     discretized_gaussian_log_likelihood,
+    loss_per_timestep,
     min_snr_weights,
     normal_kl,
     simple_loss,
@@ -21,9 +25,6 @@ from diffusion_course.losses import (
     vlb_terms,
 )
 from diffusion_course.schedules import get_schedule
-from diffusion_course.timesteps import ImportanceTimesteps as ImportanceSampler
-from diffusion_course.timesteps import UniformTimesteps as UniformSampler
-from diffusion_course.timesteps import make_timestep_sampler
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,10 @@ def _batch(seed=0, b=6, c=2, h=4):
     noise = torch.randn(b, c, h, h, generator=g)
     t = torch.tensor([0, 1, 10, 250, 600, 999])[:b]
     return x0, noise, t
+
+
+def _on_the_8bit_grid(x: torch.Tensor) -> torch.Tensor:
+    return torch.round((x + 1) * 127.5) / 127.5 - 1
 
 
 # --- L_simple and targets ------------------------------------------------------------
@@ -53,8 +58,9 @@ def test_simple_loss_is_mse_to_the_noise(schedule):
 
 
 def test_v_target_matches_diffusers_get_velocity(schedule):
+    diffusers = pytest.importorskip("diffusers")
     x0, noise, t = _batch()
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").get_velocity(x0, noise, t)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").get_velocity(x0, noise, t)
     ours = training_target(x0, noise, t, schedule, "v")
     assert torch.allclose(ours, ref, atol=1e-5)
     assert torch.equal(training_target(x0, noise, t, schedule, "eps"), noise)
@@ -150,38 +156,32 @@ def test_discretized_gaussian_is_a_distribution_over_256_values():
         assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
-def test_learned_log_variance_interpolates_and_matches_diffusers(schedule):
-    t = torch.tensor([1, 10, 500, 999])
-    ones = torch.ones(4, 1, 1, 1)
-    beta_log = schedule.betas[t].log().float().view(-1, 1, 1, 1)
-    tilde_log = schedule.posterior_variance[t].log().float().view(-1, 1, 1, 1)
-    assert torch.allclose(learned_log_variance(ones, t, schedule), beta_log, atol=1e-5)
-    assert torch.allclose(learned_log_variance(-ones, t, schedule), tilde_log, atol=1e-5)
-    sched = DDPMScheduler(num_train_timesteps=1000, variance_type="learned_range")
-    v = torch.tensor([0.3])
-    for ti in t.tolist():
-        ref = sched._get_variance(ti, predicted_variance=v)
-        ours = learned_log_variance(v.view(1, 1, 1, 1), torch.tensor([ti]), schedule)
-        # diffusers works in float32, where 1 - alpha_bar loses ~1e-4 relative at small t
-        assert ours.item() == pytest.approx(ref.item(), abs=1e-3)
+def test_vlb_terms_match_an_independent_computation_at_every_t_including_the_decoder(schedule):
+    g = torch.Generator().manual_seed(7)
+    x0 = _on_the_8bit_grid(torch.rand(5, 2, 3, 3, generator=g) * 2 - 1)
+    x0[0, 0, 0, 0], x0[0, 0, 0, 1] = -1.0, 1.0  # the two stretched outer bins of the decoder
+    t = torch.tensor([0, 1, 3, 300, 999])
+    x_t = q_sample(x0, t, torch.randn(x0.shape, generator=g), schedule)
+    model_mean = x0 + 0.01 * torch.randn(x0.shape, generator=g)  # a decent but imperfect model
+    model_log_var = torch.log(torch.full((5, 1, 1, 1), 1e-4)) + 0.5 * torch.randn(5, 1, 1, 1, generator=g)
+    ours = vlb_terms(model_mean, model_log_var, x0, x_t, t, schedule)
+    ref = reference.terms_bits(model_mean, model_log_var, x0, x_t, t, schedule)
+    assert ours.shape == (5,) and ours[0] > 0
+    assert torch.allclose(ours.double(), ref, rtol=1e-4, atol=1e-6)
 
 
-def test_vlb_terms_are_zero_for_the_true_posterior_and_nll_at_t0(schedule):
-    x0 = (torch.randint(0, 256, (4, 1, 3, 3)).float() / 127.5) - 1
-    noise = torch.randn_like(x0)
-    t = torch.tensor([0, 3, 300, 999])
+def test_vlb_terms_vanish_for_the_true_posterior(schedule):
+    """A model that knows x0 and uses beta-tilde_t has KL 0 for t >= 1 (posterior from eqs. 6-7 written out)."""
+    x0, noise, t = _batch(2)
     x_t = q_sample(x0, t, noise, schedule)
-    # a "model" that knows x0 exactly and uses the true posterior variance
-    true_eps = noise
-    mean, log_var, _ = p_mean_variance(true_eps, None, x_t, t, schedule, "eps")
-    terms = vlb_terms(mean, log_var, x0, x_t, t, schedule)
-    assert torch.allclose(terms[1:], torch.zeros(3), atol=1e-4)
-    # t = 0: the decoder's negative log-likelihood in bits per dimension
-    ref = -sum(
-        _reference_log_likelihood(x, m, 0.5 * log_var[0].item())
-        for x, m in zip(x0[0].flatten().tolist(), mean[0].flatten().tolist(), strict=True)
-    ) / (9 * math.log(2))
-    assert terms[0].item() == pytest.approx(ref, rel=1e-4)
+    ab = torch.cumprod(1 - schedule.betas, 0)[t].view(-1, 1, 1, 1)
+    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - schedule.betas, 0)[:-1]])[t]
+    ab_prev, b = ab_prev.view(-1, 1, 1, 1), schedule.betas[t].view(-1, 1, 1, 1)
+    mean = ((ab_prev.sqrt() * b * x0 + (1 - b).sqrt() * (1 - ab_prev) * x_t) / (1 - ab)).float()
+    log_var = ((1 - ab_prev) / (1 - ab) * b).log().float()
+    terms = vlb_terms(mean[1:], log_var[1:], x0[1:], x_t[1:], t[1:], schedule)
+    assert torch.allclose(terms, torch.zeros(5), atol=1e-4)
+    assert vlb_terms(mean[1:], log_var[1:] + 0.1, x0[1:], x_t[1:], t[1:], schedule).min() > 1e-4
 
 
 def test_vlb_kl_equals_the_closed_form_in_bits(schedule):
@@ -201,34 +201,59 @@ def test_vlb_kl_equals_the_closed_form_in_bits(schedule):
     assert torch.allclose(terms, kl.mean(dim=(1, 2, 3)) / math.log(2), rtol=1e-4)
 
 
-# --- the hybrid loss ------------------------------------------------------------------------
+# --- the hybrid and vlb losses ------------------------------------------------------------------
+
+
+def _learned_variance_batch(seed):
+    x0, noise, t = _batch(seed)
+    x0 = _on_the_8bit_grid(x0)
+    x_t = q_sample(x0, t, noise, get_schedule("linear", 1000))
+    g = torch.Generator().manual_seed(seed + 100)
+    # eps channels near the true noise (so the decoder term at t = 0 stays in range), v in [-1, 1]
+    eps = noise + 0.3 * torch.randn(noise.shape, generator=g)
+    out = torch.cat([eps, torch.rand(noise.shape, generator=g) * 2 - 1], 1)
+    return x0, noise, t, x_t, out.requires_grad_(True)
 
 
 def test_hybrid_loss_value_and_stop_gradient_on_the_mean(schedule):
-    x0, noise, t = _batch(4)
-    x_t = q_sample(x0, t, noise, schedule)
-    out = torch.randn(6, 4, 4, 4, requires_grad=True)  # 2C channels: eps and variance values
+    x0, noise, t, x_t, out = _learned_variance_batch(4)
     hybrid = diffusion_loss(out, x0, x_t, noise, t, schedule, loss_type="hybrid")
-    expected = hybrid.mse + HYBRID_LAMBDA * 1000 * hybrid.vlb
-    assert torch.allclose(hybrid.per_example, expected)
+    # L_simple + lambda * T * L_t, each part computed independently (lambda * T = 1 here)
+    mse = ((out.detach()[:, :2] - noise) ** 2).mean(dim=(1, 2, 3)).double()
+    bound = reference.bound_bits(out.detach(), x0, x_t, t, schedule)
+    assert torch.allclose(hybrid.per_example.double(), mse + HYBRID_LAMBDA * 1000 * bound, rtol=1e-4)
+    assert torch.allclose(hybrid.vlb.double(), bound, rtol=1e-4) and torch.allclose(hybrid.mse.double(), mse)
     hybrid.loss.backward()
     grad_mean, grad_var = out.grad.chunk(2, dim=1)
     # the mean channels get exactly the gradient of L_simple ...
     eps = out.detach()[:, :2].requires_grad_(True)
     F.mse_loss(eps, noise).backward()
     assert torch.allclose(grad_mean, eps.grad, atol=1e-7)
-    # ... and the variance channels are trained by the bound
-    assert grad_var.abs().sum() > 0
+    # ... and the variance channels that of the bound (lambda * T * mean over the batch)
+    v_ref = out.detach().double().requires_grad_(True)
+    (HYBRID_LAMBDA * 1000 * reference.bound_bits(v_ref, x0, x_t, t, schedule).mean()).backward()
+    expected = v_ref.grad[:, 2:].float()
+    assert torch.allclose(grad_var, expected, rtol=1e-3, atol=1e-6 * expected.abs().max().item())
 
 
 def test_vlb_loss_trains_the_mean_too(schedule):
-    x0, noise, t = _batch(5)
-    x_t = q_sample(x0, t, noise, schedule)
-    out = torch.randn(6, 4, 4, 4, requires_grad=True)
-    diffusion_loss(out, x0, x_t, noise, t, schedule, loss_type="vlb").loss.backward()
-    eps = out.detach()[:, :2].requires_grad_(True)
-    F.mse_loss(eps, noise).backward()
-    assert not torch.allclose(out.grad[:, :2], eps.grad)
+    """``vlb``: T * L_t alone, with gradients into both halves (no stop-gradient on the mean)."""
+    x0, noise, t, x_t, out = _learned_variance_batch(5)
+    loss = diffusion_loss(out, x0, x_t, noise, t, schedule, loss_type="vlb")
+    ref_out = out.detach().double().requires_grad_(True)
+    ref = 1000 * reference.bound_bits(ref_out, x0, x_t, t, schedule)
+    assert torch.allclose(loss.per_example.double(), ref.detach(), rtol=1e-4)
+    loss.loss.backward()
+    ref.mean().backward()
+    expected = ref_out.grad.float()
+    assert torch.allclose(out.grad, expected, rtol=1e-3, atol=1e-6 * expected.abs().max().item())
+    assert expected[:, :2].abs().max() > 0.1  # the mean gets a real share of the gradient
+
+
+def test_a_learned_variance_needs_the_hybrid_or_vlb_loss(schedule):
+    x0, noise, t, x_t, out = _learned_variance_batch(6)
+    with pytest.raises(ValueError, match="the hybrid loss trains a learned variance"):
+        diffusion_loss(out[:, :2], x0, x_t, noise, t, schedule, loss_type="hybrid", variance_type="fixed_small")
 
 
 def test_loss_errors_are_clear(schedule):
@@ -241,40 +266,126 @@ def test_loss_errors_are_clear(schedule):
         diffusion_loss(torch.randn(6, 1, 4, 4), x0, x0, noise, t, schedule)
 
 
-# --- timestep samplers ------------------------------------------------------------------------
+# --- the objective the training loop calls ------------------------------------------------------
 
 
-def test_uniform_sampler_covers_the_range_reproducibly():
-    s = UniformSampler(10)
-    t1, w = s.sample(2000, generator=torch.Generator().manual_seed(0))
-    t2, _ = s.sample(2000, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(t1, t2) and torch.equal(w, torch.ones(2000))
-    counts = torch.bincount(t1, minlength=10)
-    assert counts.min() > 150 and t1.max() == 9
+class _Spy(torch.nn.Module):
+    """A denoiser that records what it is given: ``x_t [B, C, H, W]``, ``t [B]`` and keyword arguments."""
+
+    def __init__(self, out_channels: int = 1) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.out_channels = out_channels
+        self.calls = []
+
+    def forward(self, x, t, **kwargs):
+        self.calls.append({"x": x, "t": t, **kwargs})
+        return self.scale * x.repeat(1, self.out_channels // x.shape[1], 1, 1)
 
 
-def test_importance_sampler_follows_sqrt_mean_square_loss():
-    s = ImportanceSampler(4, history=3, uniform_prob=0.0)
-    assert torch.allclose(s.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))
-    for _ in range(3):  # fill every history; loss of t is proportional to t + 1
-        s.update(torch.arange(4), torch.arange(1.0, 5.0))
-    assert s.warmed_up()
-    assert torch.allclose(s.probabilities(), torch.arange(1.0, 5.0, dtype=torch.float64) / 10)
-    t, w = s.sample(20000, generator=torch.Generator().manual_seed(1))
-    freq = torch.bincount(t, minlength=4).double() / 20000
-    assert torch.allclose(freq, torch.arange(1.0, 5.0, dtype=torch.float64) / 10, atol=0.01)
-    # importance weights 1 / (T p_t) make the weighted loss an unbiased estimate of the mean loss
-    assert torch.allclose(w, (1 / (4 * (t.double() + 1) / 10)).float())
+def _images(n=8, seed=0):
+    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_importance_sampler_history_is_a_ring_buffer_and_round_trips():
-    s = ImportanceSampler(2, history=2)
-    s.update(torch.tensor([0, 0, 0]), torch.tensor([1.0, 2.0, 3.0]))
-    assert s.losses[0].tolist() == [2.0, 3.0] and s.counts[0] == 3
-    other = make_timestep_sampler("importance", 2)
-    other.load_state_dict(s.state_dict())
-    assert torch.equal(other.losses, s.losses) and torch.equal(other.counts, s.counts)
-    with pytest.raises(ValueError, match="timestep sampler state is for 'importance'"):
-        make_timestep_sampler("uniform", 2).load_state_dict(s.state_dict())
-    with pytest.raises(ValueError, match="unknown timestep sampler"):
-        make_timestep_sampler("cosine", 2)
+def test_the_objective_is_algorithm_1_with_t_then_noise_from_the_generator():
+    objective = DiffusionObjective(DiffusionConfig(timesteps=50))
+    model, x0 = _Spy(), _images()
+    out = objective(model, x0, torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(3))
+    assert isinstance(out, ObjectiveOutput) and out.loss.shape == () and out.logs == {} and out.feedback == {}
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 50, (8,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    s = get_schedule("linear", 50)
+    x_t = s.alphas_cumprod[t].sqrt().float().view(-1, 1, 1, 1) * x0 + (1 - s.alphas_cumprod[t]).sqrt().float().view(
+        -1, 1, 1, 1) * noise
+    assert torch.equal(model.calls[0]["t"], t) and torch.allclose(model.calls[0]["x"], x_t, atol=1e-6)
+    assert out.loss.item() == pytest.approx(F.mse_loss(x_t, noise).item(), rel=1e-5)
+    assert ddpm_loss(model, x0, t, noise, s).item() == pytest.approx(out.loss.item(), rel=1e-6)
+
+
+def test_an_unconditional_objective_ignores_the_labels():
+    objective = DiffusionObjective(DiffusionConfig(timesteps=50), cond_drop=0.5)
+    model, x0 = _Spy(), _images()
+    a = objective(model, x0, torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(1))
+    b = objective(model, x0, torch.arange(8), torch.Generator().manual_seed(1))
+    c = objective(model, x0, None, torch.Generator().manual_seed(1))
+    assert a.loss.item() == b.loss.item() == c.loss.item()
+    assert all(set(call) == {"x", "t"} for call in model.calls)  # no class_labels reach the network
+
+
+def test_a_class_conditional_objective_drops_labels_with_probability_cond_drop():
+    config = DiffusionConfig(timesteps=50, conditioning="class", num_classes=10)
+    objective = DiffusionObjective(config, cond_drop=0.25)
+    labels = torch.arange(20_000) % 10
+    dropped = objective.drop_labels(labels, torch.Generator().manual_seed(0))
+    null = dropped == 10  # the "no class" label is num_classes
+    assert abs(null.float().mean().item() - 0.25) < 0.01
+    assert torch.equal(dropped[~null], labels[~null])
+    # the generator decides
+    assert torch.equal(dropped, objective.drop_labels(labels, torch.Generator().manual_seed(0)))
+    assert not torch.equal(dropped, objective.drop_labels(labels, torch.Generator().manual_seed(1)))
+    assert torch.equal(DiffusionObjective(config).drop_labels(labels, torch.Generator()), labels)  # cond_drop = 0
+    # in a training batch: t, noise, then the drops, all from the one generator; the network gets the labels
+    model, x0 = _Spy(), _images()
+    objective(model, x0, torch.arange(8), torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    torch.randint(0, 50, (8,), generator=g), torch.randn(x0.shape, generator=g)
+    expected = torch.where(torch.rand(8, generator=g) < 0.25, torch.full((8,), 10), torch.arange(8))
+    assert torch.equal(model.calls[0]["class_labels"], expected)
+
+
+def test_the_objective_refuses_settings_that_do_not_go_together():
+    learned = DiffusionConfig(variance="learned")
+    DiffusionObjective(learned, loss="vlb", timestep_sampler="importance")  # the one allowed pairing
+    for kwargs, config, match in [
+        (dict(loss="hybrid", timestep_sampler="importance"), learned,
+         "importance sampling of t is for the 'vlb' loss .*with 'hybrid' its weights would rescale L_simple too"),
+        (dict(loss="simple", timestep_sampler="importance"), DiffusionConfig(),
+         "importance sampling of t is for the 'vlb' loss"),
+        (dict(loss="hybrid"), DiffusionConfig(),
+         "loss 'hybrid' learns the variance: use DiffusionConfig\\(variance='learned'\\)"),
+        (dict(loss="simple"), learned, "a learned variance is trained by the bound"),
+        (dict(cond_drop=1.0), DiffusionConfig(), "cond_drop must be in \\[0, 1\\), got 1.0"),
+        (dict(min_snr=0.0), DiffusionConfig(), "min-SNR gamma must be positive"),
+        (dict(), DiffusionConfig(conditioning="text"), "text conditioning is not available yet"),
+        (dict(loss="l2"), DiffusionConfig(), "unknown loss type 'l2'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            DiffusionObjective(config, **kwargs)
+
+
+def test_the_vlb_objective_feeds_the_importance_sampler_and_keeps_its_state():
+    objective = DiffusionObjective(DiffusionConfig(timesteps=4, variance="learned"), loss="vlb",
+                                   timestep_sampler="importance")
+    out = objective(_Spy(out_channels=2), _images(), None, torch.Generator().manual_seed(0))
+    assert set(out.logs) == {"mse", "vlb"} and set(out.feedback) == {"t", "vlb"}
+    objective.update(out.feedback)
+    assert int(objective.timesteps.counts.sum()) == 8
+    other = DiffusionObjective(objective.diffusion, loss="vlb", timestep_sampler="importance")
+    other.load_state_dict(objective.state_dict())
+    assert torch.equal(other.timesteps.losses, objective.timesteps.losses)
+    assert objective.records() == {"diffusion_config": objective.diffusion.to_dict()}
+
+
+def test_preview_takes_at_most_T_steps():
+    """TrainConfig's default of 100 preview steps must work for a run with T < 100."""
+    objective = DiffusionObjective(DiffusionConfig(timesteps=20))
+    model = _Spy()
+    images = objective.preview(model, (2, 1, 4, 4), torch.Generator().manual_seed(0), steps=100)
+    assert images.shape == (2, 1, 4, 4) and len(model.calls) == 20
+    objective.preview(model, (2, 1, 4, 4), torch.Generator().manual_seed(0), steps=5)
+    assert len(model.calls) == 25
+
+
+def test_loss_per_timestep_uses_the_same_noise_at_every_t():
+    s = get_schedule("linear", 100)
+    model, x0 = _Spy(), _images(6)
+    model.train()
+    losses = loss_per_timestep(model, x0, s, [0, 50, 99], seed=3, batch_size=4)
+    assert list(losses) == [0, 50, 99] and model.training  # training mode is put back
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    for t_value, value in losses.items():
+        t = torch.full((6,), t_value)
+        x_t = q_sample(x0, t, noise, s)  # the spy predicts x_t itself
+        assert value == pytest.approx(((x_t - noise) ** 2).mean().item(), rel=1e-5)
+

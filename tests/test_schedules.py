@@ -10,12 +10,16 @@ import torch
 from diffusion_course import schedules
 from diffusion_course.schedules import NoiseSchedule, check_timesteps, gather, get_schedule
 
-diffusers = pytest.importorskip("diffusers")
+
+@pytest.fixture(scope="module")
+def diffusers():
+    """The numeric reference, for the tests that compare with it (the others run without it)."""
+    return pytest.importorskip("diffusers")
 
 
 @pytest.mark.parametrize(("ours", "theirs"), [("linear", "linear"), ("cosine", "squaredcos_cap_v2")])
 @pytest.mark.parametrize("timesteps", [1000, 250])
-def test_matches_diffusers_ddpm_scheduler(ours, theirs, timesteps):
+def test_matches_diffusers_ddpm_scheduler(diffusers, ours, theirs, timesteps):
     s = get_schedule(ours, timesteps)
     # diffusers keeps DDPM's linear end points for every T; ours scales them by 1000/T (Improved DDPM)
     scale = {"beta_start": 1e-4 * 1000 / timesteps, "beta_end": 0.02 * 1000 / timesteps} if ours == "linear" else {}
@@ -49,7 +53,7 @@ def test_cosine_follows_improved_ddpm_eq17_and_clips():
     assert sched.betas.max().item() == pytest.approx(0.999)
 
 
-def test_sigmoid_is_chen_2023_alpha_bar():
+def test_sigmoid_is_chen_2023_alpha_bar(diffusers):
     T = 1000
     sched = get_schedule("sigmoid", T)
     u = (torch.arange(T, dtype=torch.float64) + 1) / T
@@ -78,7 +82,7 @@ def test_schedule_invariants(name):
     assert name in repr(s)
 
 
-def test_posterior_quantities_match_diffusers_variance():
+def test_posterior_quantities_match_diffusers_variance(diffusers):
     s = get_schedule("linear", 1000)
     ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small")
     for t in (1, 10, 500, 999):
@@ -110,6 +114,30 @@ def test_gather_shapes_dtype_and_device():
     assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float32
     assert torch.allclose(out.flatten().double(), s.alphas_cumprod[t], atol=1e-7)
     assert gather(s.betas, t, torch.zeros(3, 5)).shape == (3, 1)
+
+
+def test_gather_never_moves_a_float64_table_off_the_cpu(monkeypatch):
+    """Apple's MPS has no float64: the table is cast on the CPU before it moves (tested here on
+    the ``meta`` device, with a ``Tensor.to`` that refuses float64 anywhere but the CPU)."""
+    real_to = torch.Tensor.to
+
+    def to_like_mps(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        if out.dtype == torch.float64 and out.device.type != "cpu":
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", to_like_mps)
+    with pytest.raises(TypeError, match="float64"):  # the guard works
+        torch.zeros(2, dtype=torch.float64).to("meta")
+    s = get_schedule("linear", 100)
+    t = torch.tensor([0, 50, 99], device="meta")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        out = gather(s.alphas_cumprod, t, torch.zeros(3, 2, 4, 4, device="meta", dtype=dtype))
+        assert out.device.type == "meta" and out.dtype == dtype and out.shape == (3, 1, 1, 1)
+    # timesteps on the CPU and images on the device (how samplers call it) work too
+    out = gather(s.betas, torch.tensor([1, 2, 3]), torch.zeros(3, 1, device="meta"))
+    assert out.device.type == "meta" and out.dtype == torch.float32
 
 
 def test_unknown_schedule_lists_valid_names():

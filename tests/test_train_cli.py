@@ -8,13 +8,22 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 
-from diffusion_course.checkpoint import load_checkpoint
-from diffusion_course.train import main
+from diffusion_course.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_course.data import DATASETS
+from diffusion_course.diffusion import CONDITIONINGS, PREDICTION_TYPES
+from diffusion_course.losses import LOSS_TYPES, MIN_SNR_GAMMA
+from diffusion_course.runtime import DEVICES
+from diffusion_course.schedules import SCHEDULES
+from diffusion_course.timesteps import TIMESTEP_SAMPLERS
+from diffusion_course.train import build_parser, main, make_config
+from diffusion_course.training import FLIP_CHOICES, PRECISIONS, TrainConfig
+from diffusion_course.unet import PRESETS
 
 QUICK = ["--dataset", "fashion-mnist", "--limit", "64", "--batch-size", "16", "--timesteps", "100",
          "--sample-every", "0", "--no-progress", "--device", "cpu"]  # fmt: skip
@@ -51,6 +60,27 @@ def test_resume_from_the_command_line_is_bit_exact(tmp_path):
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
         assert torch.equal(a["ema"]["weights"][name], b["ema"]["weights"][name]), name
+
+
+def test_resuming_a_gpu_run_where_device_auto_finds_only_a_cpu_warns_and_goes_on(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "gpu-run"
+    assert main([*QUICK, "--max-steps", "2", "--out", str(out)]) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    # as if written on a GPU machine by a run started with --device auto: CUDA random states
+    state["config"]["device"] = "auto"
+    state["rng"] = [{"device": "cuda", "noise": torch.zeros(16, dtype=torch.uint8),
+                     "torch_cpu": state["rng"][0]["torch_cpu"], "torch_cuda": torch.zeros(16, dtype=torch.uint8)}]
+    save_checkpoint(state, out / "checkpoint.pt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # here "auto" means the CPU
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    capsys.readouterr()
+    without_device = [arg for arg in QUICK if arg not in ("--device", "cpu")]
+    assert main([*without_device, "--max-steps", "3", "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "device=cpu" in printed and "resumed_at_step=2" in printed
+    assert ("warning: the checkpoint's random state comes from another device type; continuing on cpu with fresh "
+            "noise (the run goes on, but not bit for bit)") in printed
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
 
 
 def _existing_run(tmp_path) -> Path:
@@ -170,3 +200,53 @@ def test_console_script_reports_bad_input_with_exit_code_2(tmp_path):
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == "diffusion-course-train: error: batch_size must be an integer >= 1, got 0\n"
+
+
+# --- the parser is generated from TrainConfig ------------------------------------------------------
+
+
+VOCABULARIES = {
+    "dataset": DATASETS, "model": tuple(PRESETS), "device": DEVICES, "prediction": PREDICTION_TYPES,
+    "schedule": SCHEDULES, "loss": LOSS_TYPES, "timestep_sampler": TIMESTEP_SAMPLERS,
+    "conditioning": CONDITIONINGS, "precision": PRECISIONS, "hflip": FLIP_CHOICES,
+}  # fmt: skip
+
+
+def test_every_config_field_has_an_option_with_its_default_and_vocabulary():
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(actions) == {f.name for f in fields(TrainConfig)} | {"resume"}
+    for f in fields(TrainConfig):
+        action, flag = actions[f.name], "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):  # a switch: it can only flip the default
+            assert action.option_strings == ([f"--no-{flag[2:]}"] if f.default else [flag]), f.name
+            assert action.const is (not f.default), f.name
+            continue
+        assert action.option_strings == [flag], f.name
+        if f.default is not None:
+            assert action.help.endswith(f"(default: {f.default})"), f.name
+        assert tuple(action.choices or ()) == tuple(VOCABULARIES.get(f.name, ())), f.name
+    assert set(VOCABULARIES) <= {f.name for f in fields(TrainConfig)}
+    # no options: exactly the config's defaults
+    assert TrainConfig(**vars(parser.parse_args([]))) == TrainConfig()
+
+
+def test_option_values_get_the_field_types():
+    parser = build_parser()
+    given = vars(parser.parse_args(["--epochs", "2.5", "--batch-size", "8", "--data-dir", "d", "--sample-steps", "7",
+                                    "--lr", "1e-3", "--min-snr", "--channels-last", "--no-progress"]))
+    assert given == {"epochs": 2.5, "batch_size": 8, "data_dir": "d", "sample_steps": 7, "lr": 1e-3,
+                     "min_snr": MIN_SNR_GAMMA, "channels_last": True, "progress": False}
+    assert MIN_SNR_GAMMA == 5.0
+    assert vars(parser.parse_args(["--min-snr", "3"]))["min_snr"] == 3.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--batch-size", "8.5"])
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", None), ("0.5", 0.5)])
+def test_grad_clip_zero_means_no_clipping(tmp_path, value, expected):
+    given = vars(build_parser().parse_args(["--grad-clip", value, "--max-steps", "1", "--device", "cpu",
+                                            "--out", str(tmp_path / "r")]))
+    config, state = make_config(given, resume=False)
+    assert config.grad_clip == expected and state is None
+

@@ -6,21 +6,27 @@ the data is not the point here (tests/test_train_cli.py trains on real Fashion-M
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import shutil
 import signal
 
 import pytest
+import reference_losses as reference
 import torch
+import torch.nn.functional as F
 
+import diffusion_course.trainer as trainer_module
 from diffusion_course.batching import BatchStream, epoch_permutation, load_training_data
-from diffusion_course.checkpoint import load_checkpoint, load_model
-from diffusion_course.diffusion import q_sample
+from diffusion_course.checkpoint import load_checkpoint, load_model, save_checkpoint
+from diffusion_course.diffusion import DiffusionConfig, q_sample
 from diffusion_course.distributed import DistInfo
 from diffusion_course.ema import unwrap_model
-from diffusion_course.losses import diffusion_loss
+from diffusion_course.losses import ObjectiveOutput, diffusion_loss
 from diffusion_course.runtime import seed_everything
+from diffusion_course.sampling import ddpm_sample
 from diffusion_course.trainer import NonFiniteLossError, Trainer
 from diffusion_course.training import TrainConfig, check_precision, resolve_hflip
 from diffusion_course.unet import UNet
@@ -69,11 +75,12 @@ def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     ],
     ids=["simple-accum-flip", "vlb-importance-v"],
 )
-def test_resume_continues_bit_for_bit(tmp_path, options):
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, options):
     straight = make_trainer(tmp_path / "a", **options)
     straight.train()
     first = make_trainer(tmp_path / "b", **{**options, "max_steps": 3})
     first.train()
+    shutil.copy(first.checkpoint_path, tmp_path / "at3.pt")
     second = make_trainer(tmp_path / "b", **options)  # a new process would start like this
     second.resume()
     assert second.step == 3
@@ -84,10 +91,12 @@ def test_resume_continues_bit_for_bit(tmp_path, options):
     for (ka, va), (kb, vb) in zip(straight.optimizer.state_dict()["state"].items(),
                                   second.optimizer.state_dict()["state"].items(), strict=True):
         assert ka == kb and all(torch.equal(va[k], vb[k]) for k in va)
-    # and the shortcut would not have been exact without restoring the RNG: a fresh start differs
-    fresh = make_trainer(tmp_path / "c", **{**options, "max_steps": 3, "seed": 1})
-    fresh.train()
-    assert not _same_params(fresh.model, first.model)
+    # the comparison can fail: the same checkpoint resumed without its random states gives other weights
+    monkeypatch.setattr(trainer_module, "restore_rng_state", lambda state, generator: True)
+    forgetful = make_trainer(tmp_path / "c", **options)
+    forgetful.resume(tmp_path / "at3.pt")
+    forgetful.train()
+    assert forgetful.step == 6 and not _same_params(straight.model, forgetful.model)
 
 
 # --- one optimizer step -------------------------------------------------------------------------
@@ -177,6 +186,47 @@ def test_non_finite_loss_stops_before_the_update_and_names_the_checkpoint(tmp_pa
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
 
 
+def test_after_a_non_finite_step_the_gradients_are_cleared_and_a_lower_lr_goes_on(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4)
+    calls = {"n": 0}
+
+    def poison_the_second_step(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 2 else output
+
+    hook = trainer.model.register_forward_hook(poison_the_second_step)
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss at step 2"):
+        trainer.train()
+    assert trainer.step == 1
+    assert all(p.grad is None for p in trainer.model.parameters())  # no NaN gradient left to add to
+    hook.remove()  # what a user does here: lower the learning rate, and go on in the same session
+    trainer.config.lr = 2e-5
+    result = trainer.train()
+    assert result.step == 4 and math.isfinite(result.last_loss)
+    assert [r["lr"] for r in result.history] == pytest.approx([2e-5 * 2 / 3, 2e-5, 2e-5])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_resuming_a_cuda_checkpoint_on_the_cpu_warns_and_goes_on(tmp_path, capsys):
+    make_trainer(tmp_path, max_steps=3).train()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    saved = state["rng"][0]
+    # what a CUDA run stores: a CUDA generator's state is 16 bytes (seed, offset); a CPU one cannot take it
+    state["rng"] = [{"device": "cuda", "noise": torch.zeros(16, dtype=torch.uint8), "torch_cpu": saved["torch_cpu"],
+                     "torch_cuda": torch.zeros(16, dtype=torch.uint8)}]
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    capsys.readouterr()
+    resumed = make_trainer(tmp_path, max_steps=5)
+    resumed.resume()
+    assert torch.equal(torch.get_rng_state(), saved["torch_cpu"])  # what can be restored is
+    assert torch.equal(resumed.noise_generator.get_state(), torch.Generator().manual_seed(0 + 3).get_state())
+    out = capsys.readouterr().out
+    assert ("warning: the checkpoint's random state comes from another device type; continuing on cpu with fresh "
+            "noise (the run goes on, but not bit for bit)") in out
+    result = resumed.train()
+    assert result.step == 5 and math.isfinite(result.last_loss)
+
+
 def test_ctrl_c_finishes_the_step_and_saves(tmp_path):
     def press_ctrl_c(trainer, record):
         if record["step"] == 3:
@@ -218,7 +268,7 @@ def test_checkpoint_holds_everything_as_plain_data(tmp_path):
     assert TrainConfig.from_dict(state["config"]) == trainer.config
     assert state["model_config"]["channel_mults"] == [1, 2, 2]
     assert state["data_stats"]["count"] == 24
-    assert set(state["rng"][0]) >= {"noise", "torch_cpu", "python", "numpy"}
+    assert set(state["rng"][0]) == {"device", "noise", "torch_cpu"}  # no Python or NumPy state: nothing draws from them
     model, diffusion, _ = load_model(tmp_path / "checkpoint.pt")
     assert _same_params(model, trainer.ema.module) and not model.training
     assert diffusion == trainer.objective.diffusion
@@ -238,10 +288,34 @@ def test_metrics_log_and_sample_grid(tmp_path):
     assert images.shape == (2, 1, SIZE, SIZE) and images.abs().max() <= 1
 
 
+def test_previews_of_a_run_with_fewer_than_sample_steps_timesteps(tmp_path):
+    trainer = make_trainer(tmp_path, timesteps=20, max_steps=2, sample_every=2, sample_count=2)
+    assert trainer.config.sample_steps == 100  # the default, more than T: the preview takes all 20 steps
+    trainer.train()
+    assert (tmp_path / "samples" / "step_0000002.png").is_file()
+
+
 def test_a_learned_variance_model_trains_and_samples(tmp_path):
-    trainer = make_trainer(tmp_path, loss="hybrid", max_steps=2, sample_steps=3)
+    images = torch.round((_data()[0] + 1) * 127.5) / 127.5 - 1  # 8-bit values, as the decoder term assumes
+    trainer = make_trainer(tmp_path, loss="hybrid", max_steps=1, sample_steps=3, dropout=0.0,
+                           data=(images, torch.zeros(24, dtype=torch.long)))
+    before = copy.deepcopy(trainer.model)
+    gen = torch.Generator().manual_seed(0)
+    gen.set_state(trainer.noise_generator.get_state())
+    _, x0, _ = next(trainer.stream.iterate(0))
     record = trainer.train().history[-1]
-    assert record["loss"] == pytest.approx(record["mse"] + 0.001 * 100 * record["vlb"], rel=1e-4)
+    # the logged values against the independent reference, on the step's own t and noise
+    schedule = trainer.objective.schedule
+    t = torch.randint(0, 100, (4,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    x_t = q_sample(x0, t, noise, schedule)
+    with torch.no_grad():
+        out = before(x_t, t)
+    mse = ((out[:, :1] - noise) ** 2).mean(dim=(1, 2, 3)).double()
+    bound = reference.bound_bits(out, x0, x_t, t, schedule)
+    assert record["mse"] == pytest.approx(mse.mean().item(), rel=1e-4)
+    assert record["vlb"] == pytest.approx(bound.mean().item(), rel=1e-4)
+    assert record["loss"] == pytest.approx((mse + 0.001 * 100 * bound).mean().item(), rel=1e-4)
     images = trainer.preview(count=2)  # the 2C-channel output is split into mean and variance
     assert images.shape == (2, 1, SIZE, SIZE)
 
@@ -380,3 +454,93 @@ def test_a_folder_too_big_for_memory_streams_through_a_dataloader(tmp_path, monk
     assert stats["count"] == 8 and stats["classes"] == ["cats", "dogs"] and stats["channels"] == 3
     trainer = make_trainer(tmp_path / "run", channels=3, data=source, max_steps=3, num_workers=0)
     assert trainer.train().step == 3  # 2 batches of 4 per epoch: the stream crosses an epoch
+
+
+# --- the loop is generic: any model, any objective ------------------------------------------------
+
+
+class Classification:
+    """A tiny objective written here: cross-entropy of ``model(x0)`` against soft labels ``[B, 2]``."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.seen_labels = []
+
+    def __call__(self, model, x0, labels, generator):
+        self.seen_labels.append(labels.clone())
+        logits = model(x0)
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        correct = (logits.argmax(1) == labels.argmax(1)).float()
+        return ObjectiveOutput(loss=loss.mean(), logs={"accuracy": correct}, feedback={"loss": loss.detach()})
+
+    def update(self, feedback):
+        assert feedback["loss"].shape == (16,)  # the step's per-example feedback, gathered
+        self.updates += 1
+
+    def records(self):
+        return {}
+
+    def state_dict(self):
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.updates = state["updates"]
+
+
+def test_the_trainer_trains_a_classifier_with_its_own_objective(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    classes = torch.randint(0, 2, (64,), generator=g)
+    images = 0.5 * torch.randn(64, 1, SIZE, SIZE, generator=g) + (classes.float() - 0.5).view(-1, 1, 1, 1)
+    labels = F.one_hot(classes, 2).float()  # not class indices: the loop never interprets labels
+    config = TrainConfig(dataset="cifar10", out=str(tmp_path), batch_size=16, max_steps=20, lr=0.05, warmup_steps=0,
+                         log_every=10, sample_every=10, checkpoint_every=0, progress=False, hflip="off", ema_decay=0.5)
+    torch.manual_seed(0)
+    objective = Classification()
+    trainer = Trainer(config, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 2)),
+                      (images, labels), objective=objective)
+    result = trainer.train()
+    first, last = result.history
+    assert last["loss"] < first["loss"] and last["accuracy"] > 0.9
+    assert objective.updates == 20 and not (tmp_path / "samples").exists()  # nothing to preview
+    # the objective got the data's labels untouched, batch by batch
+    stream = trainer.stream.iterate(0)
+    assert all(torch.equal(seen, next(stream)[2]) for seen in objective.seen_labels[:5])
+    state = load_checkpoint(result.checkpoint)
+    assert state["objective"] == {"updates": 20} and "diffusion_config" not in state and state["model_config"] is None
+    again = Trainer(config, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 2)),
+                    (images, labels), objective=Classification())
+    again.resume()
+    assert again.objective.updates == 20 and _same_params(again.model, trainer.model)
+
+
+# --- checkpoints of older versions ---------------------------------------------------------------
+
+
+def test_a_version_1_checkpoint_still_loads_for_sampling_and_resuming(tmp_path):
+    options = dict(loss="vlb", timestep_sampler="importance", max_steps=3)
+    first = make_trainer(tmp_path, **options)
+    first.train()
+    state = load_checkpoint(first.checkpoint_path)
+    # version 1: no DiffusionConfig, no objective entry (the sampler's state under its own key),
+    # RNG states without a device but with Python's and NumPy's
+    state["version"] = 1
+    del state["diffusion_config"]
+    state["timestep_sampler"] = state.pop("objective")["timestep_sampler"]
+    rng = state["rng"][0]
+    del rng["device"]
+    rng["python"], rng["numpy"] = [3, [0] * 625, None], ["MT19937", [0] * 624, 624, 0, 0.0]
+    save_checkpoint(state, first.checkpoint_path)
+
+    model, diffusion, _ = load_model(first.checkpoint_path)
+    assert diffusion == DiffusionConfig(timesteps=100, variance="learned")  # derived from the run's config
+    images = ddpm_sample(model, diffusion.noise_schedule(), (2, 1, SIZE, SIZE), steps=3,
+                         generator=torch.Generator().manual_seed(0), variance_type=diffusion.variance)
+    assert images.shape == (2, 1, SIZE, SIZE) and torch.isfinite(images).all()
+
+    resumed = make_trainer(tmp_path, **{**options, "max_steps": 4})
+    resumed.resume()
+    assert resumed.step == 3 and torch.equal(resumed.noise_generator.get_state(), rng["noise"])
+    assert torch.equal(resumed.objective.timesteps.losses, first.objective.timesteps.losses)
+    assert resumed.train().step == 4
+    assert "diffusion_config" in load_checkpoint(first.checkpoint_path)  # saved again as version 2
+
