@@ -139,6 +139,7 @@ def diffusion_config_of(state: dict):
 
     Checkpoints written before it was recorded (format version 1) hold the run's TrainConfig
     only; the setup is derived from it (schedule, T, prediction, and the variance its loss implies).
+    Their linear schedule was not yet scaled by 1000 / T, so for T != 1000 it is ``linear-unscaled``.
     """
     from .diffusion import DiffusionConfig
 
@@ -148,8 +149,11 @@ def diffusion_config_of(state: dict):
     if not isinstance(config, dict) or "schedule" not in config:
         raise CheckpointError("this checkpoint records no diffusion setup (is it a diffusion model's?)")
     learned = config.get("loss", "simple") in ("hybrid", "vlb")
+    schedule = config["schedule"]
+    if schedule == "linear" and int(config["timesteps"]) != 1000:
+        schedule = "linear-unscaled"
     return DiffusionConfig(
-        schedule=config["schedule"],
+        schedule=schedule,
         timesteps=int(config["timesteps"]),
         prediction=config.get("prediction", "eps"),
         variance="learned" if learned else "fixed_small",

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from .schedules import SCHEDULES, NoiseSchedule, check_timesteps, gather, get_schedule
+from .schedules import LEGACY_SCHEDULES, SCHEDULES, NoiseSchedule, check_timesteps, gather, get_schedule
 
 PREDICTION_TYPES = ("eps", "x0", "v")
 
@@ -317,7 +317,7 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         from .validation import check_choice, check_int
 
-        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("schedule", self.schedule, SCHEDULES + LEGACY_SCHEDULES)
         check_int("timesteps", self.timesteps, minimum=2)
         check_choice("prediction", self.prediction, PREDICTION_TYPES)
         check_choice("variance", self.variance, VARIANCE_TYPES)

@@ -51,7 +51,11 @@ from dataclasses import dataclass, field
 import torch
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
-"""The schedule names :func:`get_schedule` accepts."""
+"""The schedule names :func:`get_schedule` accepts (and the trainer offers)."""
+
+LEGACY_SCHEDULES = ("linear-unscaled",)
+"""Accepted for loading old checkpoints only: ``linear-unscaled`` is DDPM's 1e-4 .. 0.02 at any T,
+what the course used before it scaled the linear betas by 1000 / T."""
 
 MAX_BETA = 0.999
 """Improved DDPM clips betas here so that alpha_bar never reaches exactly zero."""
@@ -242,7 +246,8 @@ def get_schedule(name: str, timesteps: int = 1000) -> NoiseSchedule:
     if not isinstance(name, str):
         raise ValueError(f"schedule name must be a string, one of {', '.join(SCHEDULES)}")
     key = name.strip().lower()
-    builders = {"linear": scaled_linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
+    builders = {"linear": scaled_linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas,
+                "linear-unscaled": linear_betas}
     if key not in builders:
         raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
     return NoiseSchedule(key, builders[key](timesteps))

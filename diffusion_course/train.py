@@ -124,6 +124,11 @@ def make_config(given: dict, resume: bool) -> tuple[TrainConfig, dict | None]:
         except ValueError as err:
             raise UsageError(str(err)) from err
         config = TrainConfig.from_dict(dict(state["config"]))
+        if "diffusion_config" not in state and config.schedule == "linear" and config.timesteps != 1000:
+            raise UsageError(
+                f"{checkpoint} was trained with an older version's unscaled linear schedule at T = "
+                f"{config.timesteps}; it can still be sampled but not resumed: start a new run with another --out"
+            )
         for key, value in given.items():
             old = getattr(config, key)
             if key not in RESUMABLE and value != old:

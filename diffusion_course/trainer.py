@@ -306,7 +306,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything needed to continue bit for bit. Collective under DDP: all ranks call it."""
         rng = all_gather_objects(capture_rng_state(self.noise_generator), self.info)
-        return {
+        records = to_plain(self.objective.records())
+        state = {
             "format": "diffusion-course/checkpoint",
             "version": 2,
             "step": self.step,
@@ -317,7 +318,6 @@ class Trainer:
             "elapsed_seconds": self.elapsed_before + self._elapsed_this_run(),
             "model": unwrap_model(self.model).state_dict(),
             "model_config": _model_config(self.model),
-            **to_plain(self.objective.records()),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -326,6 +326,10 @@ class Trainer:
             "config": to_plain(self.config),
             "data_stats": to_plain(self.data_stats),
         }
+        clash = sorted(set(records) & set(state))
+        if clash:
+            raise ValueError(f"the objective's records would overwrite checkpoint entries: {', '.join(clash)}")
+        return {**state, **records}
 
     def save(self, path: Path | None = None) -> Path | None:
         """Write a checkpoint atomically (rank 0 writes; all ranks must call). Returns the path."""

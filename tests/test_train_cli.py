@@ -250,3 +250,16 @@ def test_grad_clip_zero_means_no_clipping(tmp_path, value, expected):
     config, state = make_config(given, resume=False)
     assert config.grad_clip == expected and state is None
 
+
+
+def test_resuming_an_old_unscaled_linear_run_is_refused(tmp_path, capsys):
+    out = _existing_run(tmp_path)  # T = 100
+    state = load_checkpoint(out / "checkpoint.pt")
+    del state["diffusion_config"]
+    state["version"] = 1
+    from diffusion_course.checkpoint import save_checkpoint
+
+    save_checkpoint(state, out / "checkpoint.pt")
+    assert main([*QUICK, "--max-steps", "2", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "unscaled linear schedule" in err and "can still be sampled" in err

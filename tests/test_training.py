@@ -517,7 +517,7 @@ def test_the_trainer_trains_a_classifier_with_its_own_objective(tmp_path):
 
 
 def test_a_version_1_checkpoint_still_loads_for_sampling_and_resuming(tmp_path):
-    options = dict(loss="vlb", timestep_sampler="importance", max_steps=3)
+    options = dict(loss="vlb", timestep_sampler="importance", max_steps=3, timesteps=1000)
     first = make_trainer(tmp_path, **options)
     first.train()
     state = load_checkpoint(first.checkpoint_path)
@@ -532,7 +532,7 @@ def test_a_version_1_checkpoint_still_loads_for_sampling_and_resuming(tmp_path):
     save_checkpoint(state, first.checkpoint_path)
 
     model, diffusion, _ = load_model(first.checkpoint_path)
-    assert diffusion == DiffusionConfig(timesteps=100, variance="learned")  # derived from the run's config
+    assert diffusion == DiffusionConfig(timesteps=1000, variance="learned")  # derived from the run's config
     images = ddpm_sample(model, diffusion.noise_schedule(), (2, 1, SIZE, SIZE), steps=3,
                          generator=torch.Generator().manual_seed(0), variance_type=diffusion.variance)
     assert images.shape == (2, 1, SIZE, SIZE) and torch.isfinite(images).all()
@@ -544,3 +544,25 @@ def test_a_version_1_checkpoint_still_loads_for_sampling_and_resuming(tmp_path):
     assert resumed.train().step == 4
     assert "diffusion_config" in load_checkpoint(first.checkpoint_path)  # saved again as version 2
 
+
+
+def test_a_version_1_linear_run_at_another_T_samples_with_its_unscaled_betas(tmp_path):
+    """Before the 1000/T scaling, linear betas were 1e-4 .. 0.02 at every T: such a model must be
+    sampled with the betas it was trained on."""
+    first = make_trainer(tmp_path, max_steps=1)  # T = 100
+    first.train()
+    state = load_checkpoint(first.checkpoint_path)
+    state["version"] = 1
+    del state["diffusion_config"]
+    save_checkpoint(state, first.checkpoint_path)
+    _, diffusion, _ = load_model(first.checkpoint_path)
+    assert diffusion.schedule == "linear-unscaled"
+    betas = diffusion.noise_schedule().betas
+    assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
+
+
+def test_an_objective_cannot_overwrite_checkpoint_entries(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.objective.records = lambda: {"step": 7}
+    with pytest.raises(ValueError, match="would overwrite checkpoint entries: step"):
+        trainer.state_dict()
