@@ -127,8 +127,8 @@ def sample(
             step lands on its last x0 estimate (alpha_bar = 1), so the result is then in [-1, 1] too.
         callback: ``callback(i, t, x_t, x0_hat)`` after every step (e.g. a :class:`Trajectory`).
         progress: show a tqdm bar.
-        device: where to sample; defaults to ``x_T``'s device, else the generator's, else the
-            model's parameters' (an ``nn.Module``), else the CPU.
+        device: where to sample; defaults to ``x_T``'s device, else the model's parameters' (an
+            ``nn.Module``), else the generator's, else the CPU.
 
     Returns:
         The samples, float, on ``device`` (an ordinary tensor, though computed in inference mode).
@@ -245,9 +245,14 @@ def _sampling_device(model, device, x_T, generator) -> torch.device:
         return torch.device(device)
     if isinstance(x_T, torch.Tensor):
         return x_T.device
+    # the network's own device beats the generator's: a CPU generator for a CUDA model is a
+    # mistake to report, not a reason to run the model on the CPU
+    on = _parameter_device(model)
+    if on is not None:
+        return on
     if isinstance(generator, torch.Generator):
         return generator.device
-    return _parameter_device(model) or torch.device("cpu")
+    return torch.device("cpu")
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
