@@ -227,7 +227,15 @@ def test_unet_forward_mistakes():
 
     class NoDownsamplePush(MyUNet):
         def down_path(self, x, temb):
-            return [s for s in super().down_path(x, temb) if s.shape[-1] == x.shape[-1] or s.shape[1] > 8]
+            h = self.conv_in(x)
+            skips = [h]
+            for layer in self.down:
+                if isinstance(layer, unet.UNetBlock):
+                    h = layer(h, temb)
+                    skips.append(h)
+                else:
+                    h = layer(h)
+            return skips
 
     class NoHead(MyUNet):
         def forward(self, x, t):
