@@ -35,6 +35,7 @@ tensors at import time, so ``from diffusion_course.unet import UNet`` is quick.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -53,6 +54,7 @@ __all__ = [
     "UNetBlock",
     "UNetConfig",
     "Upsample",
+    "conv_receptive_field",
     "count_parameters",
     "forward_flops",
     "get_config",
@@ -686,6 +688,44 @@ def get_config(name: str, **overrides) -> UNetConfig:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all of them, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def conv_receptive_field(layers: Iterable[nn.Conv2d | tuple[int, int]]) -> int:
+    """Side of the square of input pixels that can reach one output pixel of a chain of convolutions.
+
+    Each layer is an ``nn.Conv2d`` (square kernels) or a ``(kernel, stride)`` pair, in the
+    order the signal passes through them. With ``j`` the distance, in input pixels, between
+    neighbouring positions of the current feature map (the product of the strides so far),
+    a layer with kernel ``k`` widens the field by ``(k - 1) * j`` (Araujo et al. 2019,
+    "Computing Receptive Fields of Convolutional Neural Networks", Distill):
+
+        r_0 = 1, j_0 = 1;    r_l = r_{l-1} + (k_l - 1) * j_{l-1},    j_l = j_{l-1} * s_l
+
+    so six 3x3 convolutions see 13x13 pixels, and one 3x3 convolution after two stride-2
+    layers spans 3 cells of 4 pixels. A dilated kernel counts as ``dilation * (k - 1) + 1``.
+    Residual paths and 1x1 convolutions add nothing; attention (every pixel sees every
+    pixel) is not a convolution and makes the field global. This is the *theoretical*
+    field: :func:`diffusion_course.viz.receptive_field` measures how much each pixel
+    actually contributes, which is concentrated near the centre (Luo et al. 2016).
+
+    Returns:
+        ``r``, the side in input pixels (it may exceed the image, whose padding fills the rest).
+    """
+    r, jump = 1, 1
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            if layer.kernel_size[0] != layer.kernel_size[1] or layer.stride[0] != layer.stride[1]:
+                raise ValueError(f"conv_receptive_field needs square kernels and strides, got {layer}")
+            kernel = layer.dilation[0] * (layer.kernel_size[0] - 1) + 1
+            stride = layer.stride[0]
+        else:
+            kernel, stride = layer
+        if not (_positive_int(kernel) and _positive_int(stride)):
+            raise ValueError(f"each layer must be an nn.Conv2d or a (kernel, stride) pair of positive integers, "
+                             f"got {layer!r}")
+        r += (kernel - 1) * jump
+        jump *= stride
+    return r
 
 
 def forward_flops(model: UNet, batch: int = 1, image_size: int | None = None, context_length: int = 16) -> int:

@@ -27,6 +27,7 @@ from diffusion_course.unet import (
     UNet,
     UNetConfig,
     Upsample,
+    conv_receptive_field,
     count_parameters,
     forward_flops,
     get_config,
@@ -674,6 +675,29 @@ def test_forward_flops_counts_convolutions_and_attention():
 def test_forward_flops_conditioned_model():
     model = tiny(num_classes=5, context_dim=8)
     assert forward_flops(model) > forward_flops(tiny())
+
+
+def test_conv_receptive_field_matches_the_pixels_that_can_reach_the_centre():
+    assert conv_receptive_field([]) == 1
+    assert conv_receptive_field([(3, 1)] * 6) == 13
+    assert conv_receptive_field([(3, 2), (3, 2), (3, 1)]) == 1 + 2 + 4 + 8  # the last layer spans 3 cells of 4 px
+    # the formula against the gradient: which input pixels change the centre output pixel
+    for spec in ([(3, 1), (3, 2), (3, 1)], [(3, 2), (5, 1), (3, 2), (3, 1)], [(3, 1), (1, 1), (3, 1)]):
+        layers = [torch.nn.Conv2d(1, 1, k, stride=s, padding=k // 2) for k, s in spec]
+        torch.manual_seed(0)
+        for layer in layers:
+            torch.nn.init.uniform_(layer.weight, 0.5, 1.0)  # positive weights: no accidental cancellation
+        x = torch.zeros(1, 1, 64, 64, requires_grad=True)
+        out = torch.nn.Sequential(*layers)(x)
+        out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+        rows = x.grad[0, 0].abs().sum(1).nonzero()
+        assert rows.max() - rows.min() + 1 == conv_receptive_field(layers) == conv_receptive_field(spec)
+    dilated = torch.nn.Conv2d(1, 1, 3, dilation=2)
+    assert conv_receptive_field([dilated, (3, 1)]) == 7
+    with pytest.raises(ValueError, match="square kernels"):
+        conv_receptive_field([torch.nn.Conv2d(1, 1, (3, 1))])
+    with pytest.raises(ValueError, match="pair of positive integers"):
+        conv_receptive_field([(3, 0)])
 
 
 def test_importing_unet_is_light():

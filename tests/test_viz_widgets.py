@@ -114,12 +114,12 @@ class _Shift(torch.nn.Module):
 
 
 def test_feature_maps_capture_named_layers():
-    from diffusion_course.checks.unet import MiniUNet
+    from diffusion_course.unet import UNet
 
-    model = MiniUNet()
+    model = UNet.from_preset("tiny", image_size=8, in_channels=1, out_channels=1, channel_mults=(1, 2))
     maps = viz.feature_maps(model, torch.randn(2, 1, 8, 8), torch.tensor([1, 2]),
-                            {"down": model.down_block, "mid": model.mid_attn})
-    assert maps["down"].shape == (2, 32, 8, 8) and maps["mid"].shape == (2, 64, 4, 4)
+                            {"down": model.down[0], "mid": model.mid[0]})
+    assert maps["down"].shape == (2, 16, 8, 8) and maps["mid"].shape == (2, 32, 4, 4)
     assert not any(m._forward_hooks for m in model.modules()), "hooks must be removed"
     fig = viz.plot_feature_maps(maps, channels=3)
     assert len(fig.axes) == 6 and "4x4" in fig.axes[3].get_ylabel()

@@ -22,7 +22,7 @@ from .forward import (
     check_q_sample,
 )
 from .training import check_accumulated_step, check_ema_update, check_train_step
-from .unet import check_attention_block, check_mini_unet, check_res_block, check_timestep_embedding
+from .unet import check_attention_block, check_res_block, check_timestep_embedding, check_unet_forward
 
 __all__ = [
     "CheckResult",
@@ -31,9 +31,9 @@ __all__ = [
     "check_accumulated_step",
     "check_attention_block",
     "check_ema_update",
-    "check_mini_unet",
     "check_res_block",
     "check_timestep_embedding",
+    "check_unet_forward",
     "check_train_step",
     "check_cosine_schedule",
     "check_first_t_below",

@@ -66,7 +66,7 @@ def watching(functions: Iterable[Callable]):
     (``from diffusion_course.diffusion import q_sample as qs``), a wrapper or a method
     reference is caught just the same.
     """
-    codes = {inspect.unwrap(f).__code__: f.__name__ for f in functions}
+    codes = {inspect.unwrap(f).__code__: f.__qualname__ for f in functions}  # e.g. `ResBlock.forward`
     seen: list[str] = []
 
     def profiler(frame, event, arg):

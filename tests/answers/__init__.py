@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import forward_diffusion
+from . import forward_diffusion, unet
 
 
 @dataclass(frozen=True)
@@ -39,4 +39,7 @@ class Exercise:
 
 def specs() -> dict[str, list[Exercise]]:
     """``{assignment: exercises}`` for every assignment that has answers written down."""
-    return {"01_forward_diffusion": forward_diffusion.exercises(Exercise, Answer)}
+    return {
+        "01_forward_diffusion": forward_diffusion.exercises(Exercise, Answer),
+        "02_unet": unet.exercises(Exercise, Answer),
+    }
