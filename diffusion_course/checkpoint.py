@@ -160,22 +160,41 @@ def diffusion_config_of(state: dict):
     )
 
 
+MODEL_KINDS: dict[str, str] = {"unet": "diffusion_course.unet:UNet.from_config_dict"}
+"""How to rebuild each kind of network a checkpoint can hold: ``kind -> "module:callable"``, the
+callable taking the plain-data ``model_config`` (without its ``kind`` entry). A checkpoint's
+``model_config`` names its kind (``"unet"`` when absent, as in older checkpoints). Modules are
+imported only when a checkpoint of their kind is loaded, so loading never imports training code."""
+
+
+def build_model(model_config: dict):
+    """The (untrained) network a checkpoint's ``model_config`` describes (see :data:`MODEL_KINDS`)."""
+    import importlib
+
+    cfg = dict(model_config)
+    kind = cfg.pop("kind", "unet")
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"unknown model kind {kind!r} in the checkpoint; known: {', '.join(MODEL_KINDS)}")
+    module_name, _, attr = MODEL_KINDS[kind].partition(":")
+    builder: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        builder = getattr(builder, part)
+    return builder(cfg)
+
+
 def load_model(path: str | os.PathLike, *, ema: bool = True, map_location: Any = "cpu"):
-    """Rebuild the U-Net of a checkpoint with its EMA (or raw) weights, in eval mode.
+    """Rebuild the network of a checkpoint with its EMA (or raw) weights, in eval mode.
 
     Returns ``(model, diffusion_config, state)``: the network, the
     :class:`~diffusion_course.diffusion.DiffusionConfig` a sampler needs, and the whole
     checkpoint dictionary (``state["config"]`` is the run's TrainConfig as a dict).
     Raises :class:`CheckpointError` for a file that is not a model checkpoint of this package.
     """
-    from .unet import UNet, UNetConfig
-
     state = load_checkpoint(path, map_location=map_location)
     if not isinstance(state.get("model_config"), dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a model checkpoint of diffusion-course (no model_config)")
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()}
     try:
-        model = UNet(UNetConfig(**cfg))
+        model = build_model(state["model_config"])
         weights = state["ema"]["weights"] if ema else state["model"]
         model.load_state_dict(weights)
     except (TypeError, KeyError, RuntimeError, ValueError) as err:
@@ -213,7 +232,9 @@ def _fsync_dir(directory: Path) -> None:
 __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointError",
+    "MODEL_KINDS",
     "atomic_write",
+    "build_model",
     "diffusion_config_of",
     "load_checkpoint",
     "load_model",

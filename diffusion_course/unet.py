@@ -534,6 +534,11 @@ class UNet(nn.Module):
         self.conv_out = _zero(nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
     @classmethod
+    def from_config_dict(cls, values: dict) -> UNet:
+        """Rebuild from a config stored as plain data in a checkpoint (lists become tuples)."""
+        return cls(UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}))
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> UNet:
         """Build the U-Net of a named preset, e.g. ``UNet.from_preset("small", image_size=28)``."""
         return cls(get_config(name, **overrides))
