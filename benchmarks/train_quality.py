@@ -45,6 +45,7 @@ from torch import nn
 
 from diffusion_course import data
 from diffusion_course.batching import load_training_data
+from diffusion_course.benchmarking import DIFFUSERS_OPPONENT
 from diffusion_course.losses import loss_per_timestep
 from diffusion_course.runtime import seed_everything
 from diffusion_course.sampling import ddpm_sample
@@ -85,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 REFERENCES = ("default", "twin")
 """Which diffusers UNet2DModel to train beside ours (``--reference``):
 
-- ``default``: the opponent of ``benchmarks/unet_throughput.py`` (its ``DIFFUSERS_CONFIG``):
+- ``default``: the opponent of ``benchmarks/unet_throughput.py`` (``benchmarking.DIFFUSERS_OPPONENT``):
   diffusers' usual block layout with attention at the lower levels, sized to our parameter
   count. This is "the diffusers baseline" the course's goals compare against.
 - ``twin``: UNet2DModel built with our preset's widths, blocks per level, GroupNorm groups,
@@ -108,7 +109,7 @@ class DiffusersUNet(nn.Module):
         from diffusers import UNet2DModel
 
         if reference == "default":
-            kwargs = dict(_throughput_benchmark().DIFFUSERS_CONFIG)
+            kwargs = dict(DIFFUSERS_OPPONENT)
         else:
             levels = [image_size // 2**i for i in range(len(config.channel_mults))]
             attn = [r in config.attention_resolutions for r in levels]
@@ -124,16 +125,6 @@ class DiffusersUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t).sample
-
-
-def _throughput_benchmark():
-    """benchmarks/unet_throughput.py as a module, so both benchmarks share one diffusers opponent."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    try:
-        import unet_throughput
-    finally:
-        sys.path.pop(0)
-    return unet_throughput
 
 
 def build_reference(ours: nn.Module, image_size: int, channels: int, reference: str = "default") -> DiffusersUNet:

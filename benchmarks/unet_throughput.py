@@ -61,9 +61,9 @@ Profiled first (``torch.profiler``, single thread, batch 32, 28x28), then design
   the measured ratio drops (to ~2x in the worst runs seen). Hence the interleaved steps,
   the medians, and the paired-step and fastest-step ratios printed next to them.
 
-Results on a quiet machine (batch 128, 2 threads): 28x28x1 -- ``small`` 162 img/s vs
-diffusers 43 img/s, 3.8x (NCHW; 4.2x in channels_last); 32x32x3 -- 115 vs 28 img/s,
-4.1x (NCHW; 4.7x in channels_last). The goal was at least 3x.
+Results (batch 128, 2 threads, NCHW; the README's table, measured 2026-11-27): 28x28x1 --
+``small`` 187 img/s vs diffusers 47 img/s, 4.00x; 32x32x3 -- 130 vs 28.5 img/s, 4.57x. The goal
+was at least 3x.
 """
 
 from __future__ import annotations
@@ -78,16 +78,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffusion_course.benchmarking import peak_tflops, training_speed
+from diffusion_course.benchmarking import diffusers_opponent, peak_tflops, training_speed
 from diffusion_course.unet import PRESETS, UNet, count_parameters, forward_flops
 
-DIFFUSERS_CONFIG = dict(
-    block_out_channels=(32, 64, 64),
-    layers_per_block=2,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-)
-"""The diffusers opponent (every other UNet2DModel argument at its default)."""
 
 @dataclass
 class Timing:
@@ -192,12 +185,6 @@ def make_step(model: torch.nn.Module, batch: int, channels: int, size: int, chan
     return step
 
 
-def diffusers_unet(size: int, channels: int) -> torch.nn.Module:
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, **DIFFUSERS_CONFIG)
-
-
 def time_cpu(args: argparse.Namespace) -> None:
     print(f"\n== CPU training throughput: batch {args.batch_size}, {args.steps} timed steps per model "
           f"(+1 warm-up), {torch.get_num_threads()} threads, "
@@ -216,7 +203,7 @@ def time_cpu(args: argparse.Namespace) -> None:
         entries = [Timing("course small", count_parameters(ours))]
         steps = [make_step(ours, args.batch_size, channels, size, args.channels_last, seed=1)]
         if with_diffusers:
-            theirs = diffusers_unet(size, channels)
+            theirs = diffusers_opponent(size, channels)
             entries.append(Timing("diffusers", count_parameters(theirs)))
             steps.append(make_step(theirs, args.batch_size, channels, size, args.channels_last, seed=1))
         for step in steps:  # warm-up: oneDNN picks its kernels and the allocator fills up

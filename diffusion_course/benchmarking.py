@@ -22,6 +22,24 @@ import torch
 
 from .unet import UNet, forward_flops
 
+DIFFUSERS_OPPONENT = dict(
+    block_out_channels=(32, 64, 64),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+)
+"""The diffusers ``UNet2DModel`` the CPU benchmarks race against the ``small`` preset (every other
+argument at its default): diffusers' default block layout cut to three levels, at the widths of the
+MNIST model of Hugging Face's diffusion course; 1.71 M parameters, 3.3 % more than ``small``."""
+
+
+def diffusers_opponent(size: int, channels: int):
+    """The :data:`DIFFUSERS_OPPONENT` for ``channels`` x ``size``^2 images (needs diffusers, a test-only dependency)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, **DIFFUSERS_OPPONENT)
+
+
 PEAK_BF16_TFLOPS: dict[str, float] = {
     # dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets; the order
     # matters: a name is matched by the first key it contains, so variants come first
