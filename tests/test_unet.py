@@ -740,9 +740,10 @@ def test_benchmark_rejects_bad_flags():
 
 
 def test_benchmark_diffusers_model_matches_small_within_ten_percent():
-    bench = _benchmark_module()
+    from diffusion_course.benchmarking import diffusers_opponent
+
     for size, channels in [(28, 1), (32, 3)]:
         ours = count_parameters(UNet.from_preset("small", image_size=size, in_channels=channels,
                                                  out_channels=channels))
-        theirs = count_parameters(bench.diffusers_unet(size, channels))
+        theirs = count_parameters(diffusers_opponent(size, channels))
         assert math.isclose(theirs, ours, rel_tol=0.10), (ours, theirs)
