@@ -255,9 +255,13 @@ def _toy_grid(lim: float, n: int) -> torch.Tensor:
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
 
 
-def _toy_density(ax, density, lim: float, resolution: int = 80) -> None:
+def _toy_density(density, lim: float, resolution: int = 64) -> np.ndarray:
+    """The density of a 2-D mixture on a ``resolution``-square grid over ``[-lim, lim]^2``."""
     pts = _toy_grid(lim, resolution)
-    values = density.log_prob(pts).exp().reshape(resolution, resolution).numpy()
+    return density.log_prob(pts).exp().reshape(resolution, resolution).numpy()
+
+
+def _show_density(ax, values: np.ndarray, lim: float) -> None:
     ax.imshow(values, origin="lower", extent=(-lim, lim, -lim, lim), cmap="Greys", alpha=0.6)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
 
@@ -295,6 +299,7 @@ def plot_score_field(
     for j, t in enumerate(int(t) for t in timesteps):
         alpha_bar = schedule.alphas_cumprod[t].item()
         marginal = data.noised(alpha_bar)
+        background = _toy_density(marginal, lim)
         for i, row in enumerate(rows):
             if row == "learned":
                 score, _ = denoise(model, pts.float(), t, schedule)
@@ -303,7 +308,7 @@ def plot_score_field(
                 score = marginal.score(pts)
             arrows = (shrink * (1 - alpha_bar) * score).numpy()
             ax = axes[i, j]
-            _toy_density(ax, marginal, lim)
+            _show_density(ax, background, lim)
             ax.quiver(pts[:, 0].numpy(), pts[:, 1].numpy(), arrows[:, 0], arrows[:, 1], angles="xy",
                       scale_units="xy", scale=1, width=0.006, color="tab:blue" if row == "learned" else "tab:red")
             if i == 0:
