@@ -178,12 +178,13 @@ def test_plot_snr_weighting_draws_the_package_weights():
 
 def test_plot_reverse_step_draws_the_exact_posterior():
     prior = mixtures.GaussianMixture([-1.0, 1.0], [0.5, 0.5], [0.5, 0.5])
-    fig = viz.plot_reverse_step(prior, 0.0, betas=(0.01, 0.5))
-    assert [ax.get_title() for ax in fig.axes[1:]] == ["β = 0.01", "β = 0.5"]
-    true_line = fig.axes[2].get_lines()[0]
-    xs = torch.as_tensor(true_line.get_xdata(), dtype=torch.float64)
-    expected = prior.posterior(torch.tensor([0.0]), 0.5).log_prob(xs[:, None]).exp().numpy()
-    assert np.allclose(true_line.get_ydata(), expected)
+    fig = viz.plot_reverse_step(prior, 0.3, betas=(0.01, 0.4))
+    assert [ax.get_title() for ax in fig.axes[1:]] == ["β = 0.01", "β = 0.4"]
+    for ax, beta in zip(fig.axes[1:], (0.01, 0.4), strict=True):
+        true_line = ax.get_lines()[0]
+        xs = torch.as_tensor(true_line.get_xdata(), dtype=torch.float64)
+        expected = prior.posterior(torch.tensor([0.3]), 1 - beta).log_prob(xs[:, None]).exp().numpy()
+        assert np.allclose(true_line.get_ydata(), expected)
     with pytest.raises(ValueError, match="one-dimensional"):
         viz.plot_reverse_step(mixtures.ring(), 0.0)
 
