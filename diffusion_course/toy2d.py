@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +92,7 @@ def train_toy(
     lr: float = 2e-3,
     hidden: int = 128,
     seed: int = 0,
-    out: str | Path = "runs/toy2d",
+    out: str | Path | None = None,
     log_every: int = 50,
 ) -> ToyRun:
     """Train a :class:`ToyDenoiser` on 2-D data with the course's Trainer and diffusion objective.
@@ -103,11 +105,13 @@ def train_toy(
         batch_size, lr: AdamW settings; a short warm-up, gradient clipping at 1 and an EMA of
             decay 0.995 (a short run) are used.
         seed: seeds the data, the weights and the training noise.
-        out: the run folder: the Trainer writes its metrics log and a final checkpoint there.
+        out: the run folder, where the Trainer writes its metrics log and a final checkpoint;
+            ``None`` (the default) uses a temporary folder that is deleted afterwards, so a
+            notebook leaves no files behind.
+        log_every: steps per entry of ``ToyRun.losses``.
 
     Training runs on the CPU with one thread (restored afterwards): for a 2-D MLP that is the
     fastest setting on any machine.
-        log_every: steps per entry of ``ToyRun.losses``.
 
     Returns a :class:`ToyRun` whose model is the EMA copy, on the CPU, in eval mode.
     """
@@ -120,25 +124,25 @@ def train_toy(
         x = data.detach().float().cpu()
     else:
         raise ValueError("data must be a GaussianMixture or a float tensor of points [N, D]")
-    config = TrainConfig(
-        timesteps=timesteps, schedule=schedule, batch_size=batch_size, lr=lr,
-        warmup_steps=min(100, steps // 10), grad_clip=1.0, ema_decay=0.995, max_steps=steps,
-        seed=seed, device="cpu", num_workers=0, out=str(out), log_every=log_every,
-        sample_every=0, checkpoint_every=0, progress=False, hflip="off",
-    )
     torch.manual_seed(seed)  # the initial weights
     model = ToyDenoiser(dim=x.shape[1], hidden=hidden)
     labels = torch.zeros(x.shape[0], dtype=torch.long)
     stats = {"toy2d": {"points": x.shape[0], "dim": x.shape[1]}}
     start = time.perf_counter()
-    # A model this small gains nothing from threads; on a busy CPU they even cost ~10x (OpenMP spinning).
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="toy2d-")) if out is None else out
+        config = TrainConfig(
+            timesteps=timesteps, schedule=schedule, batch_size=batch_size, lr=lr,
+            warmup_steps=min(100, steps // 10), grad_clip=1.0, ema_decay=0.995, max_steps=steps,
+            seed=seed, device="cpu", num_workers=0, out=str(folder), log_every=log_every,
+            sample_every=0, checkpoint_every=0, progress=False, hflip="off",
+        )
+        # A model this small gains nothing from threads; on a busy CPU they even cost ~10x (OpenMP spinning).
+        torch.set_num_threads(1)
+        stack.callback(torch.set_num_threads, threads)
         trainer = Trainer(config, model, (x, labels), device="cpu", data_stats=stats)
         result = trainer.train()
-    finally:
-        torch.set_num_threads(threads)
     losses = [(int(r["step"]), float(r["loss"])) for r in result.history]
     ema = trainer.ema.module.eval()
     return ToyRun(ema, get_schedule(schedule, timesteps), losses, time.perf_counter() - start)

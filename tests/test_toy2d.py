@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 
 import pytest
 import torch
@@ -177,6 +178,20 @@ def test_train_toy_learns_the_score(tmp_path):
 def test_train_toy_rejects_bad_data(tmp_path):
     with pytest.raises(ValueError, match="GaussianMixture or a float tensor"):
         toy2d.train_toy(torch.zeros(10, dtype=torch.long), steps=1, out=tmp_path)
+
+
+def test_train_toy_without_a_folder_leaves_nothing_behind(tmp_path, monkeypatch):
+    scratch, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    scratch.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where TemporaryDirectory creates folders
+    monkeypatch.chdir(cwd)
+    threads = torch.get_num_threads()
+    run = toy2d.train_toy(torch.randn(512, 2), steps=3, log_every=1, hidden=8)
+    assert [step for step, _ in run.losses] == [1, 2, 3] and not run.model.training
+    assert list(scratch.iterdir()) == [], "the temporary run folder must be deleted"
+    assert list(cwd.iterdir()) == [], "nothing may be written next to the notebook"
+    assert torch.get_num_threads() == threads
 
 
 def test_denoise_accepts_one_t_or_a_vector():
