@@ -186,12 +186,13 @@ def test_train_toy_without_a_folder_leaves_nothing_behind(tmp_path, monkeypatch)
     cwd.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where TemporaryDirectory creates folders
     monkeypatch.chdir(cwd)
-    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the module fixture's 1 is restored after the module
     run = toy2d.train_toy(torch.randn(512, 2), steps=3, log_every=1, hidden=8)
     assert [step for step, _ in run.losses] == [1, 2, 3] and not run.model.training
-    assert list(scratch.iterdir()) == [], "the temporary run folder must be deleted"
+    # (torch may keep a compiler cache of its own there; only our run folder must go)
+    assert not list(scratch.glob("toy2d-*")), "the temporary run folder must be deleted"
     assert list(cwd.iterdir()) == [], "nothing may be written next to the notebook"
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == 2, "the thread count must be restored"
 
 
 def test_denoise_accepts_one_t_or_a_vector():
