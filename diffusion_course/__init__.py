@@ -4,7 +4,9 @@ Each module is one concept and reads top to bottom like a chapter:
 
 Phase 1, forward diffusion
     :mod:`~diffusion_course.schedules` (beta, alpha-bar, SNR), :mod:`~diffusion_course.diffusion`
-    (q(x_t | x_0), its posterior, eps/x0/v conversions).
+    (q(x_t | x_0), its posterior, eps/x0/v conversions), :mod:`~diffusion_course.score` (the score
+    and Tweedie's formula), :mod:`~diffusion_course.mixtures` (Gaussian mixtures: exact scores and
+    reverse steps) and :mod:`~diffusion_course.toy2d` (a 2-D diffusion model trained in seconds).
 Phase 2, the network
     :mod:`~diffusion_course.unet` (time embedding, blocks, the U-Net and its presets).
 Phase 3, training

@@ -175,6 +175,200 @@ def noise_histogram(
 
 
 # ---------------------------------------------------------------------------
+# Signal and noise: SNR and the loss weighting it leads to
+# ---------------------------------------------------------------------------
+
+
+def plot_snr_weighting(
+    schedules: Sequence[NoiseSchedule | str] = ("linear", "cosine"),
+    gamma: float = 5.0,
+    timesteps: int = 1000,
+) -> Figure:
+    """log SNR(t) against min-SNR's clamp (left) and the weight min-SNR puts on the eps loss (right).
+
+    Predicting eps and scoring it with the MSE weighs the x0 error of step t by SNR(t); min-SNR
+    (Hang et al. 2023) caps that weight at ``gamma``, i.e. multiplies the eps MSE by
+    ``min(SNR, gamma) / SNR`` (:func:`~diffusion_course.losses.min_snr_weights`).
+    """
+    from .losses import min_snr_weights
+
+    fig, (ax_snr, ax_w) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for item in schedules:
+        s = get_schedule(item, timesteps) if isinstance(item, str) else item
+        t = torch.arange(s.timesteps)
+        ax_snr.plot(t.numpy(), s.log_snr().numpy(), label=s.name)
+        ax_w.plot(t.numpy(), min_snr_weights(t, s, "eps", gamma).numpy(), label=s.name)
+    ax_snr.axhline(math.log(gamma), color="red", lw=1, ls="--", label=f"log γ (γ = {gamma:g})")
+    ax_snr.set(xlabel="t", ylabel="log SNR(t)", title="SNR above γ: the easy, almost clean steps")
+    ax_w.set(xlabel="t", ylabel="weight on the ε-MSE", title=f"min-SNR-{gamma:g}: min(SNR, γ) / SNR",
+             ylim=(0, 1.05))
+    for ax in (ax_snr, ax_w):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Toy distributions: the reverse step, the score field and Tweedie's formula
+# ---------------------------------------------------------------------------
+
+
+def plot_reverse_step(marginal, x_t: float, betas: Sequence[float] = (0.001, 0.05, 0.5)) -> Figure:
+    """The true reverse step q(x_{t-1} | x_t) of a 1-D mixture, next to the Gaussian with its moments.
+
+    Args:
+        marginal: a one-dimensional :class:`~diffusion_course.mixtures.GaussianMixture`, the law
+            of ``x_{t-1}``.
+        x_t: the noisy value observed after one forward step.
+        betas: the step's variance in each panel; ``x_t = sqrt(1 - beta) x_{t-1} + sqrt(beta) eps``.
+
+    The first panel shows ``p(x_{t-1})`` and ``x_t``; each further panel the exact reverse density
+    (:meth:`~diffusion_course.mixtures.GaussianMixture.posterior` with alpha-bar = 1 - beta, a
+    mixture) as a solid line and the Gaussian with the same mean and variance dashed.
+    """
+    if marginal.dim != 1:
+        raise ValueError(f"plot_reverse_step draws one-dimensional mixtures, got dimension {marginal.dim}")
+    fig, axes = plt.subplots(1, 1 + len(betas), figsize=(3.1 * (1 + len(betas)), 2.8))
+    sd = float(marginal.variance().sqrt())
+    grid = torch.linspace(float(marginal.mean()) - 4 * sd, float(marginal.mean()) + 4 * sd, 400, dtype=torch.float64)
+    axes[0].plot(grid.numpy(), marginal.log_prob(grid[:, None]).exp().numpy(), color="grey")
+    axes[0].axvline(x_t, color="red", lw=1, label=f"x_t = {x_t:g}")
+    axes[0].set(title="p(x_{t-1})", xlabel="x_{t-1}")
+    axes[0].legend(fontsize=8)
+    for ax, beta in zip(axes[1:], betas, strict=True):
+        post = marginal.posterior(torch.tensor([float(x_t)]), 1.0 - float(beta))
+        mu, var = float(post.mean()), float(post.variance())
+        xs = torch.linspace(mu - 4.5 * math.sqrt(var), mu + 4.5 * math.sqrt(var), 400, dtype=torch.float64)
+        ax.plot(xs.numpy(), post.log_prob(xs[:, None]).exp().numpy(), lw=2, label="true q(x_{t-1} | x_t)")
+        gauss = torch.exp(-((xs - mu) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
+        ax.plot(xs.numpy(), gauss.numpy(), "k--", lw=1, label="Gaussian, same mean and variance")
+        ax.set(title=f"β = {beta:g}", xlabel="x_{t-1}", yticks=[])
+    axes[1].legend(fontsize=7, loc="lower center")
+    fig.tight_layout()
+    return fig
+
+
+def _toy_grid(lim: float, n: int) -> torch.Tensor:
+    side = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    gx, gy = torch.meshgrid(side, side, indexing="xy")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+
+
+def _toy_density(density, lim: float, resolution: int = 64) -> np.ndarray:
+    """The density of a 2-D mixture on a ``resolution``-square grid over ``[-lim, lim]^2``."""
+    pts = _toy_grid(lim, resolution)
+    return density.log_prob(pts).exp().reshape(resolution, resolution).numpy()
+
+
+def _show_density(ax, values: np.ndarray, lim: float) -> None:
+    ax.imshow(values, origin="lower", extent=(-lim, lim, -lim, lim), cmap="Greys", alpha=0.6)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
+
+
+def plot_score_field(
+    data,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int] = (50, 250, 500, 800),
+    model: torch.nn.Module | None = None,
+    grid: int = 15,
+    lim: float = 1.5,
+    shrink: float = 0.25,
+) -> Figure:
+    """The score of the noisy marginal p_t on a grid of points: learned (top row) and exact (bottom).
+
+    Args:
+        data: a 2-D :class:`~diffusion_course.mixtures.GaussianMixture`, the clean data.
+        schedule: the noise schedule; ``timesteps`` are the columns.
+        model: an eps-predicting network ``model(x_t [B, 2], t [B])`` (e.g.
+            :class:`~diffusion_course.toy2d.ToyDenoiser`); ``None`` draws the exact field only.
+        grid: arrows per side; lim: the square ``[-lim, lim]^2`` drawn.
+        shrink: arrows are drawn at this fraction of their length, so that they do not cross.
+
+    Each arrow is ``shrink * (1 - alpha_bar_t) * score``, in data units: by Tweedie's formula
+    ``(1 - alpha_bar_t) * score`` goes from ``x_t`` to ``sqrt(alpha_bar_t) * E[x_0 | x_t]``.
+    The grey background is the exact density of p_t.
+    """
+    from .toy2d import denoise
+
+    rows = ["learned", "exact"] if model is not None else ["exact"]
+    cols = len(timesteps)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.7 * cols, 2.7 * len(rows) + 0.4), squeeze=False,
+                             layout="constrained")
+    pts = _toy_grid(lim, grid)
+    for j, t in enumerate(int(t) for t in timesteps):
+        alpha_bar = schedule.alphas_cumprod[t].item()
+        marginal = data.noised(alpha_bar)
+        background = _toy_density(marginal, lim)
+        for i, row in enumerate(rows):
+            if row == "learned":
+                score, _ = denoise(model, pts.float(), t, schedule)
+                score = score.double()
+            else:
+                score = marginal.score(pts)
+            arrows = (shrink * (1 - alpha_bar) * score).numpy()
+            ax = axes[i, j]
+            _show_density(ax, background, lim)
+            ax.quiver(pts[:, 0].numpy(), pts[:, 1].numpy(), arrows[:, 0], arrows[:, 1], angles="xy",
+                      scale_units="xy", scale=1, width=0.006, color="tab:blue" if row == "learned" else "tab:red")
+            if i == 0:
+                ax.set_title(f"t = {t}, ᾱ = {alpha_bar:.2f}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{row} score", fontsize=9)
+    fig.suptitle(f"(1 - ᾱ_t) · score of p_t, drawn at {shrink:g} of its length: where x_t probably came from")
+    return fig
+
+
+def plot_tweedie(
+    data,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int] = (150, 500, 900),
+    model: torch.nn.Module | None = None,
+    n: int = 40,
+    generator: torch.Generator | None = None,
+    lim: float = 1.6,
+) -> Figure:
+    """Tweedie's formula at work: arrows from noisy points x_t to the denoised guess x̂_0.
+
+    Args:
+        data: a 2-D :class:`~diffusion_course.mixtures.GaussianMixture`.
+        schedule: the noise schedule; one panel per entry of ``timesteps``.
+        model: an eps-predicting network; its x̂_0 (:func:`~diffusion_course.toy2d.denoise`) gives
+            the arrows. ``None``: the exact posterior mean gives them.
+        n: noisy points per panel, drawn from p_t with ``generator``.
+
+    Grey: the data; blue dots: x_t; arrows: x_t -> x̂_0; red crosses: the exact E[x_0 | x_t]
+    (:meth:`~diffusion_course.mixtures.GaussianMixture.posterior_mean`); star: the data mean.
+    """
+    from .toy2d import denoise
+
+    fig, axes = plt.subplots(1, len(timesteps), figsize=(3.2 * len(timesteps), 3.9), squeeze=False,
+                             layout="constrained")
+    cloud = data.sample(1500, generator=generator)
+    for ax, t in zip(axes[0], (int(t) for t in timesteps), strict=True):
+        alpha_bar = schedule.alphas_cumprod[t].item()
+        x0 = data.sample(n, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = q_sample(x0, torch.full((n,), t, dtype=torch.long), noise, schedule)
+        exact = data.posterior_mean(x_t, alpha_bar)
+        x0_hat = denoise(model, x_t, t, schedule)[1] if model is not None else exact
+        ax.scatter(cloud[:, 0].numpy(), cloud[:, 1].numpy(), s=2, color="lightgrey")
+        ax.scatter(x_t[:, 0].numpy(), x_t[:, 1].numpy(), s=10, color="tab:blue", label="x_t")
+        d = (x0_hat - x_t).numpy()
+        ax.quiver(x_t[:, 0].numpy(), x_t[:, 1].numpy(), d[:, 0], d[:, 1], angles="xy", scale_units="xy",
+                  scale=1, width=0.004, color="tab:blue", alpha=0.7)
+        ax.scatter(exact[:, 0].numpy(), exact[:, 1].numpy(), s=14, marker="x", color="tab:red",
+                   label="exact E[x_0 | x_t]")
+        mean = data.mean().numpy()
+        ax.scatter([mean[0]], [mean[1]], s=120, marker="*", color="black", label="data mean")
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[],
+               title=f"t = {t}, ᾱ = {alpha_bar:.2f}")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
+    fig.suptitle("x_t → x̂_0 = (x_t + (1 - ᾱ_t) · score) / √ᾱ_t" + (" (learned)" if model is not None else " (exact)"))
+    return fig
+
+
+# ---------------------------------------------------------------------------
 # Looking inside a network
 # ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffusion_course import checks, schedules
+from diffusion_course import checks, diffusion
 
 
 def _per_image(values, t, like):
@@ -18,33 +18,55 @@ def test_not_implemented_is_reported_not_raised(capsys):
     def stub(*args, **kwargs):
         raise NotImplementedError()
 
-    for check in (checks.check_linear_schedule, checks.check_cosine_schedule, checks.check_q_sample,
-                  checks.check_q_posterior):
+    forward_checks = (checks.check_cosine_schedule, checks.check_log_snr, checks.check_q_sample,
+                      checks.check_q_sample_fixed, checks.check_q_posterior)
+    for check in forward_checks:
         result = check(stub)
         assert not result and "not implemented yet" in result.problems[0]
-    assert capsys.readouterr().out.count("❌") == 4
+    assert capsys.readouterr().out.count("❌") == len(forward_checks)
 
 
 def test_learner_exception_is_described():
-    def broken(T):
-        return torch.linspace(1e-4, 0.02, T) + undefined_name  # noqa: F821
+    def broken(schedule):
+        return torch.log(schedule.alphas_cumprod) + undefined_name  # noqa: F821
 
-    result = checks.check_linear_schedule(broken)
+    result = checks.check_log_snr(broken)
     assert "raised NameError" in result.problems[0] and "undefined_name" in result.problems[0]
+
+
+def _log_snr_right(s):
+    ab = s.alphas_cumprod
+    return torch.log(ab) - torch.log1p(-ab)
 
 
 @pytest.mark.parametrize(
     ("fn", "message"),
     [
-        (lambda T: torch.linspace(1e-4, 0.02, T), "float64"),
-        (lambda T: torch.linspace(1e-3, 0.02, T, dtype=torch.float64), "first beta should be 1e-4"),
-        (lambda T: torch.linspace(1e-4, 0.02, T + 1, dtype=torch.float64), "should have shape"),
-        (lambda T: [0.1] * T, "torch.Tensor"),
+        (lambda s: _log_snr_right(s).exp(), "SNR itself"),
+        (lambda s: torch.log10(s.alphas_cumprod / (1 - s.alphas_cumprod)), "not log10"),
+        (lambda s: torch.log((1 - s.alphas_cumprod) / s.alphas_cumprod), "upside down"),
+        (lambda s: torch.log(s.alphas_cumprod.sqrt() / (1 - s.alphas_cumprod).sqrt()), "ratio of variances"),
+        (lambda s: torch.log(s.alphas / (1 - s.alphas)), "cumulative product"),
+        (lambda s: torch.log(s.alphas_cumprod), "divides by the noise variance"),
+        (lambda s: torch.log(s.alphas_cumprod_prev / (1 - s.alphas_cumprod_prev)), "off by one"),
+        (lambda s: torch.log(s.alphas_cumprod.float() / (1 - s.alphas_cumprod.float())), "float64"),
+        (lambda s: _log_snr_right(s)[1:], "one value per timestep"),
+        (lambda s: (_log_snr_right(s) > 0).long(), "floating-point"),
+        (lambda s: _log_snr_right(s).tolist(), "torch.Tensor"),
+        (lambda s: _log_snr_right(s) + (torch.arange(s.timesteps) == 500), "at t=500"),
+        (lambda s: s.log_snr(), "the package's own"),
+        (lambda s: torch.log(s.snr()), "the package's own"),
     ],
 )
-def test_linear_schedule_mistakes(fn, message):
-    result = checks.check_linear_schedule(fn)
-    assert not result and message in result.problems[0]
+def test_log_snr_mistakes(fn, message):
+    result = checks.check_log_snr(fn)
+    assert not result and message in " ".join(result.problems), result.problems
+
+
+@pytest.mark.parametrize("fn", [_log_snr_right, lambda s: torch.special.logit(s.alphas_cumprod),
+                                lambda s: torch.log(s.alphas_cumprod / (1 - s.alphas_cumprod))])
+def test_log_snr_right_answers(fn):
+    assert checks.check_log_snr(fn)
 
 
 def _cosine_variant(T, s=0.008, clip=0.999, offset=True, square=True, shift=0):
@@ -149,24 +171,63 @@ def test_check_result_displays_nothing_extra():
     assert r._ipython_display_() is None and bool(r) and r.passed
 
 
-def test_first_t_below_check():
-    assert checks.check_first_t_below(lambda s, level: int((s.alphas_cumprod >= level).sum()))
-    assert not checks.check_first_t_below(schedules.first_t_below)  # the package's own earns nothing
-    as_tensor = checks.check_first_t_below(lambda s, level: (s.alphas_cumprod < level).nonzero()[0])
-    assert not as_tensor and "Python int" in as_tensor.problems[0]
-    off = checks.check_first_t_below(lambda s, level: int((s.alphas_cumprod >= level).sum()) - 1)
-    assert not off and "off by one" in off.problems[0]
+def _colleague(index_shift=-1, noise_power=1.0, fixed_view=True):
+    """The find-the-bug exercise's q_sample with any of its three bugs switched on or off."""
+
+    def fn(x0, t, noise, schedule):
+        ab = schedule.alphas_cumprod[t + index_shift]
+        shape = (-1, 1, 1, 1) if fixed_view else (-1, *([1] * (x0.ndim - 1)))
+        ab = ab.view(shape).to(x0.dtype)
+        return ab.sqrt() * x0 + (1 - ab) ** noise_power * noise
+
+    return fn
+
+
+def test_q_sample_fixed_passes_only_with_every_bug_fixed():
+    assert checks.check_q_sample_fixed(_colleague(0, 0.5, False))
+    assert checks.check_q_sample_fixed(lambda x0, t, n, s: _colleague(0, 0.5, False)(x0.double(), t, n, s))
+    assert not checks.check_q_sample_fixed(diffusion.q_sample)  # the package's own earns nothing
+
+
+@pytest.mark.parametrize(
+    ("bugs", "messages"),
+    [
+        ({}, ["wraps around", "square root is the standard deviation"]),  # as handed over: 3 bugs, 2 on images
+        ({"index_shift": 0}, ["square root is the standard deviation"]),
+        ({"noise_power": 0.5}, ["wraps around"]),
+        ({"index_shift": 0, "noise_power": 0.5}, ["x0.ndim"]),  # right on images, broken on points
+        ({"fixed_view": False, "noise_power": 0.5}, ["wraps around"]),
+        ({"fixed_view": False, "index_shift": 0}, ["standard deviation"]),
+    ],
+)
+def test_q_sample_fixed_names_every_remaining_bug(bugs, messages):
+    result = checks.check_q_sample_fixed(_colleague(**bugs))
+    assert not result
+    for message in messages:
+        assert message in " ".join(result.problems), result.problems
+    assert len(result.problems) == len(messages), result.problems
+
+
+def test_q_sample_fixed_clamped_index_is_still_off_by_one():
+    def clamped(x0, t, noise, s):
+        ab = s.alphas_cumprod[(t - 1).clamp(min=0)].reshape(-1, *([1] * (x0.ndim - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    result = checks.check_q_sample_fixed(clamped)
+    assert not result and "not t - 1" in result.problems[0] and "wraps" not in result.problems[0]
+
+
+def test_q_sample_fixed_reports_a_crash_on_points():
+    def images_only(x0, t, noise, s):
+        b, c, h, w = x0.shape
+        ab = s.alphas_cumprod[t].view(b, 1, 1, 1).to(x0.dtype)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    result = checks.check_q_sample_fixed(images_only)
+    assert not result and "raised" in result.problems[0] and "x0.ndim" in result.problems[1]
 
 
 # --- a right answer written independently of the package, paired with a wrong one -----------------
-
-
-def _linear_by_hand(T):
-    return torch.tensor([1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)], dtype=torch.float64)
-
-
-def _linear_geometric(T):  # the right end points, the wrong spacing
-    return torch.logspace(math.log10(1e-4), math.log10(0.02), T, dtype=torch.float64)
 
 
 def _cosine_by_hand(T, s=0.008):
@@ -198,23 +259,13 @@ def _q_posterior_by_hand(x0, x_t, t, schedule):
     return mean, var
 
 
-def _first_t_below_by_hand(schedule, level):
-    for t, ab in enumerate(schedule.alphas_cumprod.tolist()):
-        if ab < level:
-            return t
-    return schedule.timesteps
-
-
 CASES = {
-    "linear": (checks.check_linear_schedule, _linear_by_hand, _linear_geometric, "not evenly spaced"),
     "cosine": (checks.check_cosine_schedule, _cosine_by_hand, lambda T, s=0.008: _cosine_variant(T, s, offset=False),
                "offset s is missing"),
     "q_sample": (checks.check_q_sample, _q_sample_by_hand,
                  _q_sample_variant(lambda s: s.alphas_cumprod, lambda s: 1 - s.alphas_cumprod), "wrong scale"),
     "q_posterior": (checks.check_q_posterior, _q_posterior_by_hand,
                     lambda x0, x_t, t, s: (x_t, _q_posterior_by_hand(x0, x_t, t, s)[1]), "the mean differs"),
-    "first_t_below": (checks.check_first_t_below, _first_t_below_by_hand,
-                      lambda s, level: _first_t_below_by_hand(s, level) - 1, "off by one"),
 }
 
 

@@ -16,10 +16,10 @@ One submodule per phase: ``forward`` (Phase 1), ``unet`` (Phase 2), ``training``
 from ._core import CheckResult, assert_close, assert_own_work
 from .forward import (
     check_cosine_schedule,
-    check_first_t_below,
-    check_linear_schedule,
+    check_log_snr,
     check_q_posterior,
     check_q_sample,
+    check_q_sample_fixed,
 )
 from .training import check_accumulated_step, check_ema_update, check_train_step
 from .unet import check_attention_block, check_res_block, check_timestep_embedding, check_unet_forward
@@ -36,8 +36,8 @@ __all__ = [
     "check_unet_forward",
     "check_train_step",
     "check_cosine_schedule",
-    "check_first_t_below",
-    "check_linear_schedule",
+    "check_log_snr",
     "check_q_posterior",
     "check_q_sample",
+    "check_q_sample_fixed",
 ]

@@ -14,34 +14,6 @@ from ._core import CheckResult, _call, _close, _is_tensor
 # ---------------------------------------------------------------------------
 
 
-def check_linear_schedule(fn: Callable[[int], torch.Tensor]) -> CheckResult:
-    """Check ``fn(timesteps) -> betas``, DDPM's linear schedule from 1e-4 to 0.02."""
-    result = CheckResult("linear schedule")
-    for T in (1000, 10):
-        out = _call(result, fn, T, forbidden=[schedules.linear_betas, schedules.scaled_linear_betas])
-        if out is None or not _is_tensor(result, out, f"linear_betas({T})"):
-            return result.report()
-        ref = schedules.linear_betas(T)
-        if out.shape != ref.shape:
-            result.problems.append(f"linear_betas({T}) should have shape ({T},), got {tuple(out.shape)}.")
-            break
-        if out.dtype != torch.float64:
-            result.problems.append(
-                f"use dtype=torch.float64: small betas lose precision in float32 (got {out.dtype})."
-            )
-            break
-        if not _close(out, ref, 1e-10):
-            if abs(out[0].item() - 1e-4) > 1e-9 or abs(out[-1].item() - 0.02) > 1e-9:
-                result.problems.append(
-                    f"the first beta should be 1e-4 and the last 0.02; got {out[0].item():.3g} and "
-                    f"{out[-1].item():.3g}."
-                )
-            else:
-                result.problems.append("the end points are right but the values in between are not evenly spaced.")
-            break
-    return result.report()
-
-
 def check_cosine_schedule(fn: Callable[..., torch.Tensor]) -> CheckResult:
     """Check ``fn(timesteps, s=0.008) -> betas``, Improved DDPM's cosine schedule."""
     result = CheckResult("cosine schedule")
@@ -83,17 +55,169 @@ def check_cosine_schedule(fn: Callable[..., torch.Tensor]) -> CheckResult:
     return result.report()
 
 
+def check_log_snr(fn: Callable) -> CheckResult:
+    """Check ``fn(schedule) -> log SNR`` ``[T]``: ``log(alpha_bar_t / (1 - alpha_bar_t))`` (VDM eq. 5)."""
+    result = CheckResult("log_snr")
+    for name, T in (("linear", 1000), ("cosine", 1000), ("sigmoid", 50)):
+        s = schedules.get_schedule(name, T)
+        out = _call(result, fn, s, forbidden=[schedules.NoiseSchedule.snr, schedules.NoiseSchedule.log_snr])
+        if out is None or not _is_tensor(result, out, f"log_snr({name} schedule)"):
+            return result.report()
+        ref = s.log_snr()
+        if out.shape != ref.shape:
+            result.problems.append(
+                f"return one value per timestep: shape ({T},) for a schedule with {T} steps, got {tuple(out.shape)}."
+            )
+            return result.report()
+        if not out.is_floating_point():
+            result.problems.append(f"log SNR is a real number: return floating-point values, got {out.dtype}.")
+            return result.report()
+        if _close(out, ref, 1e-6):
+            continue
+        ab, alpha = s.alphas_cumprod, s.alphas
+        prev = s.alphas_cumprod_prev
+        diagnoses = [
+            (ref.exp(), "you returned the SNR itself: take its (natural) logarithm."),
+            (ref / torch.log(torch.tensor(10.0, dtype=torch.float64)),
+             "use the natural logarithm (torch.log), not log10: the course's log SNR is in nats."),
+            (-ref, "upside down: SNR is signal over noise, alpha_bar_t / (1 - alpha_bar_t), "
+                   "so it is large at t = 0 and small at t = T-1."),
+            (ref / 2, "SNR is a ratio of variances, alpha_bar_t / (1 - alpha_bar_t), not of standard "
+                      "deviations sqrt(alpha_bar_t) / sqrt(1 - alpha_bar_t)."),
+            (torch.log(alpha / (1 - alpha)), "you used alpha_t, one step's share; the signal left in x_t is the "
+                                             "cumulative product alpha_bar_t (schedule.alphas_cumprod)."),
+            (torch.log(ab), "the SNR divides by the noise variance: log(alpha_bar_t / (1 - alpha_bar_t)), not "
+                            "log(alpha_bar_t)."),
+        ]
+        got = out.double()
+        for wrong, message in diagnoses:
+            if _close(got, wrong, 1e-6):
+                result.problems.append(message)
+                return result.report()
+        if _close(got[1:], torch.log(prev / (1 - prev))[1:], 1e-6):
+            result.problems.append("off by one: use alpha_bar_t (schedule.alphas_cumprod), not alpha_bar_{t-1}.")
+        elif out.dtype != torch.float64 and _close(got, ref, 1e-2):
+            result.problems.append(
+                f"compute in float64 (the schedule's dtype; got {out.dtype}): at t = 0, 1 - alpha_bar_t is "
+                "1e-4 and float32 keeps only a few of its digits."
+            )
+        else:
+            worst = (got - ref).abs().argmax().item()
+            result.problems.append(
+                f"for the {name} schedule, log SNR at t={worst} should be {ref[worst].item():.6g}, "
+                f"got {got[worst].item():.6g}."
+            )
+        return result.report()
+    return result.report()
+
+
 # ---------------------------------------------------------------------------
 # Phase 1: the forward process
 # ---------------------------------------------------------------------------
 
 
-def _forward_inputs(seed: int = 0):
+def _forward_inputs(seed: int = 0, shape: tuple[int, ...] = (4, 1, 8, 8), t: tuple[int, ...] = (0, 10, 400, 999)):
     g = torch.Generator().manual_seed(seed)
-    x0 = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
-    noise = torch.randn(4, 1, 8, 8, generator=g)
-    t = torch.tensor([0, 10, 400, 999])
-    return x0, noise, t
+    x0 = torch.rand(*shape, generator=g) * 2 - 1
+    noise = torch.randn(*shape, generator=g)
+    return x0, noise, torch.tensor(t)
+
+
+def _per_item(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values[t].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# The ways a q_sample goes wrong, each with what the learner is told. A wrong answer is
+# rebuilt from one choice per group, so an answer with two mistakes hears about both.
+_SIGNAL = {
+    "right": None,
+    "variance": "the signal term should be sqrt(alpha_bar_t) * x0: alpha_bar_t is the signal's variance, its "
+                "square root scales x0.",
+    "swapped": "signal and noise coefficients are swapped: x0 gets sqrt(alpha_bar_t), the noise gets "
+               "sqrt(1 - alpha_bar_t).",
+    "one step": "you used alpha_t (one step), but the closed form needs alpha_bar_t, the cumulative product "
+                "(schedule.alphas_cumprod).",
+}
+_NOISE = {
+    "right": None,
+    "variance": "the noise term should be sqrt(1 - alpha_bar_t) * noise: 1 - alpha_bar_t is the variance, its "
+                "square root is the standard deviation.",
+}
+_INDEX = {
+    "right": None,
+    "t - 1, wrapping": "t indexing is off by one: index the tables with t directly, not t - 1 (t = 0 is the "
+                       "first step, betas[0] is the paper's beta_1); at t = 0, index -1 even wraps around to the "
+                       "*last* step: pure noise where almost none belongs.",
+    "t - 1": "t indexing is off by one: index the tables with t directly, not t - 1.",
+    "t + 1": "t indexing is off by one: index the tables with t directly (t = 0 is the first step, betas[0] is "
+             "the paper's beta_1).",
+    "first t": "every image used the first t: each image in the batch has its own timestep, gather "
+               "alpha_bar[t] for the whole vector t.",
+}
+_BOTH_VARIANCES = ("noise at the wrong scale: use sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), not alpha_bar_t "
+                   "and 1 - alpha_bar_t (those are variances, not standard deviations).")
+
+
+def _q_sample_mistakes(out: torch.Tensor, x0, noise, t, schedule) -> list[str] | None:
+    """Name the mistakes of a wrong ``q_sample`` output, or None if no known combination fits."""
+    ab, T = schedule.alphas_cumprod, schedule.timesteps
+    signal = {"right": ab.sqrt(), "variance": ab, "swapped": (1 - ab).sqrt(), "one step": schedule.alphas.sqrt()}
+    indices = {"right": t, "t - 1, wrapping": t - 1, "t - 1": (t - 1).clamp(min=0),
+               "t + 1": (t + 1).clamp(max=T - 1), "first t": t[:1].expand_as(t)}
+    for index_kind, tt in indices.items():
+        for signal_kind, coef in signal.items():
+            for noise_kind in _NOISE:
+                if signal_kind == "swapped":
+                    noise_coef = ab.sqrt()
+                elif signal_kind == "one step":
+                    noise_coef = schedule.betas.sqrt() if noise_kind == "right" else schedule.betas
+                else:
+                    noise_coef = (1 - ab).sqrt() if noise_kind == "right" else 1 - ab
+                wrong = _per_item(coef, tt, x0) * x0 + _per_item(noise_coef, tt, x0) * noise
+                if not _close(out, wrong):
+                    continue
+                if signal_kind == "variance" and noise_kind == "variance":
+                    messages = [_BOTH_VARIANCES]
+                else:
+                    messages = [m for m in (_SIGNAL[signal_kind], _NOISE[noise_kind] if signal_kind != "swapped"
+                                            else None) if m]
+                messages += [_INDEX[index_kind]] if _INDEX[index_kind] else []
+                if messages:
+                    return messages
+    return None
+
+
+def _diagnose_q_sample(result: CheckResult, out, x0, noise, t, schedule) -> None:
+    """Compare a ``q_sample`` output with the package's and add the problems found to ``result``."""
+    if out.shape != x0.shape:
+        result.problems.append(
+            f"x_t must have the shape of x0 {tuple(x0.shape)}, got {tuple(out.shape)}: reshape the per-sample "
+            f"coefficients to [B{', 1' * (x0.ndim - 1)}] so they broadcast over each item."
+        )
+        return
+    ref = diffusion.q_sample(x0, t, noise, schedule)
+    if _close(out, ref):
+        return
+    mistakes = _q_sample_mistakes(out, x0, noise, t, schedule)
+    if mistakes:
+        result.problems.extend(mistakes)
+        return
+    # Right signal, but noise that is not the given one: the residual is noise of the right
+    # size that does not correlate with `noise`.
+    ab = schedule.alphas_cumprod
+    keep = t > 0
+    sigma = _per_item((1 - ab).sqrt(), t, x0.double())
+    residual = ((out.double() - _per_item(ab.sqrt(), t, x0.double()) * x0.double()) / sigma)[keep]
+    corr = torch.nn.functional.cosine_similarity(residual.flatten(), noise[keep].double().flatten(), dim=0)
+    if corr.abs() < 0.5 and 0.7 < residual.std() < 1.3:
+        result.problems.append(
+            "the result ignores the `noise` argument: use the noise you are given, do not draw new noise."
+        )
+    else:
+        result.problems.append(
+            "x_t differs from sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise "
+            f"(largest difference {(out.double() - ref.double()).abs().max().item():.3g})."
+        )
 
 
 def check_q_sample(fn: Callable) -> CheckResult:
@@ -104,58 +228,35 @@ def check_q_sample(fn: Callable) -> CheckResult:
     out = _call(result, fn, x0, t, noise, schedule, forbidden=[diffusion.q_sample])
     if out is None or not _is_tensor(result, out, "q_sample(...)"):
         return result.report()
-    if out.shape != x0.shape:
-        result.problems.append(
-            f"x_t must have the shape of x0 {tuple(x0.shape)}, got {tuple(out.shape)}: reshape the "
-            "per-sample coefficients to [B, 1, 1, 1] so they broadcast over each image."
-        )
-        return result.report()
-    ref = diffusion.q_sample(x0, t, noise, schedule)
-    if _close(out, ref):
-        return result.report()
+    _diagnose_q_sample(result, out, x0, noise, t, schedule)
+    return result.report()
 
-    ab = schedule.alphas_cumprod
 
-    def candidate(coef_signal, coef_noise, tt=t):
-        s = coef_signal[tt].float().view(-1, 1, 1, 1)
-        n = coef_noise[tt].float().view(-1, 1, 1, 1)
-        return s * x0 + n * noise
-
-    t_next, t_prev = (t + 1).clamp(max=999), (t - 1).clamp(min=0)
-    diagnoses = [
-        (candidate(ab, 1 - ab), "noise at the wrong scale: use sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), "
-         "not alpha_bar_t and 1 - alpha_bar_t (those are variances, not standard deviations)."),
-        (candidate(ab.sqrt(), 1 - ab), "the noise term should be sqrt(1 - alpha_bar_t) * noise: 1 - alpha_bar_t "
-         "is the variance, its square root is the standard deviation."),
-        (candidate((1 - ab).sqrt(), ab.sqrt()), "signal and noise coefficients are swapped: x0 gets "
-         "sqrt(alpha_bar_t), the noise gets sqrt(1 - alpha_bar_t)."),
-        (candidate(schedule.alphas.sqrt(), schedule.betas.sqrt()), "you used alpha_t (one step), but the "
-         "closed form needs alpha_bar_t, the cumulative product (schedule.alphas_cumprod)."),
-        (candidate(ab.sqrt(), (1 - ab).sqrt(), t_next), "t indexing is off by one: index the tables with t "
-         "directly (t = 0 is the first step, betas[0] is the paper's beta_1)."),
-        (candidate(ab.sqrt(), (1 - ab).sqrt(), t_prev), "t indexing is off by one: index the tables with t "
-         "directly, not t - 1."),
-        (candidate(ab.sqrt(), (1 - ab).sqrt(), t[:1].expand_as(t)), "every image used the first t: each "
-         "image in the batch has its own timestep, gather alpha_bar[t] for the whole vector t."),
-    ]
-    for wrong, message in diagnoses:
-        if _close(out, wrong):
-            result.problems.append(message)
+def check_q_sample_fixed(fn: Callable) -> CheckResult:
+    """Check the repaired colleague's ``q_sample``: images ``[B, C, H, W]`` and points ``[B, 2]``, t = 0 included."""
+    result = CheckResult("q_sample_fixed")
+    schedule = schedules.get_schedule("cosine", 1000)
+    cases = [("images [B, C, H, W]", _forward_inputs(3)),
+             ("points [B, 2]", _forward_inputs(4, shape=(5, 2), t=(0, 1, 250, 600, 999)))]
+    for what, (x0, noise, t) in cases:
+        out = _call(result, fn, x0, t, noise, schedule, forbidden=[diffusion.q_sample])
+        if result.problems:
+            if x0.ndim == 2 and "raised" in result.problems[-1]:
+                result.problems.append("it still works only for images: shape the per-item coefficients from "
+                                       "x0.ndim, [B] + [1] * (x0.ndim - 1), not a fixed [B, 1, 1, 1].")
             return result.report()
-    # Right signal, but noise that is not the given one: the residual is noise of the right
-    # size that does not correlate with `noise`.
-    sigma = (1 - ab[t]).sqrt().float().view(-1, 1, 1, 1)
-    residual = (out.double() - (ab[t].sqrt().view(-1, 1, 1, 1) * x0.double()))[1:] / sigma[1:]
-    corr = torch.nn.functional.cosine_similarity(residual.flatten(), noise[1:].double().flatten(), dim=0)
-    if corr.abs() < 0.5 and 0.7 < residual.std() < 1.3:
-        result.problems.append(
-            "the result ignores the `noise` argument: use the noise you are given, do not draw new noise."
-        )
-    else:
-        result.problems.append(
-            "x_t differs from sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise "
-            f"(largest difference {(out.double() - ref.double()).abs().max().item():.3g})."
-        )
+        if out is None or not _is_tensor(result, out, f"the result for {what}"):
+            return result.report()
+        if x0.ndim == 2 and out.shape != x0.shape:
+            result.problems.append(
+                f"for points [B, 2] x_t must have shape {tuple(x0.shape)}, got {tuple(out.shape)}: a fixed "
+                "view(-1, 1, 1, 1) broadcasts against [B, 2] into a nonsense shape; build the coefficients' "
+                "shape from x0.ndim, [B] + [1] * (x0.ndim - 1)."
+            )
+            return result.report()
+        _diagnose_q_sample(result, out, x0, noise, t, schedule)
+        if result.problems:
+            return result.report()
     return result.report()
 
 
@@ -207,33 +308,4 @@ def check_q_posterior(fn: Callable) -> CheckResult:
             result.problems.append("the mean is right at t = 0 but wrong for larger t: check eq. 7's coefficients.")
         else:
             result.problems.append("the mean differs from mu_tilde_t (DDPM eq. 7); at t = 0 it must equal x0.")
-    return result.report()
-
-
-def check_first_t_below(fn: Callable) -> CheckResult:
-    """Check ``fn(schedule, level) -> int``: the first t with alpha_bar_t < level."""
-    result = CheckResult("first_t_below")
-    cases = [("linear", 0.5), ("cosine", 0.5), ("cosine", 0.01), ("linear", 1e-30), ("sigmoid", 1.0)]
-    for name, level in cases:
-        s = schedules.get_schedule(name, 1000)
-        got = _call(result, fn, s, level, forbidden=[schedules.first_t_below])
-        if result.problems:
-            return result.report()
-        below = (s.alphas_cumprod < level).nonzero()
-        expected = int(below[0]) if len(below) else s.timesteps
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            result.problems.append("return a plain Python int: wrap the index in int(...).")
-            return result.report()
-        if not isinstance(got, int):
-            result.problems.append(f"return an int, got {type(got).__name__}.")
-            return result.report()
-        if got != expected:
-            if got == expected - 1 or got == expected + 1:
-                hint = "off by one: the first t where alpha_bar_t < level, not the last one above it."
-            elif expected == s.timesteps:
-                hint = "when alpha_bar never drops below the level, return schedule.timesteps."
-            else:
-                hint = f"for the {name} schedule and level {level} expected t = {expected}, got {got}."
-            result.problems.append(hint)
-            return result.report()
     return result.report()
