@@ -17,7 +17,9 @@ averaged over the last 10% of steps, and the denoising loss (MSE of the predicte
 each EMA model on held-out *test* images at fixed timesteps with fixed noise. It saves both
 sample grids, the loss curves (PNG) and all numbers (``results.json``) in ``--out``.
 
-Image quality numbers (FID/KID) arrive in Phase 4: see :func:`quality_metrics`, the hook.
+Image quality: ``--fid-samples`` images (default 1,000) from each EMA model, drawn with the same
+sampler for both (DPM-Solver++, 20 steps), scored by :func:`diffusion_course.evaluation.evaluate_images`
+(FID/KID/precision/recall on the course classifier's features, the same numbers as the evaluate command).
 
 With a CUDA GPU it also measures training throughput (images/s) of ``ddpm-cifar10`` on
 CIFAR-10 with bf16 and channels_last; without one that part is skipped.
@@ -68,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-count", type=int, default=64)
     p.add_argument("--sample-steps", type=int, default=100, help="respaced DDPM steps for the grids")
     p.add_argument("--test-images", type=int, default=512, help="held-out images for the denoising loss")
+    p.add_argument("--fid-samples", type=int, default=1000, help="samples per model for FID/KID (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10, help="steps per point of the loss curve")
     p.add_argument("--out", default="runs/benchmarks/train_quality")
@@ -179,10 +182,16 @@ def heldout_loss(model: nn.Module, images: torch.Tensor, schedule, seed: int, ba
     return out
 
 
-def quality_metrics(samples: torch.Tensor, reference: torch.Tensor) -> dict:
-    """PHASE 4 HOOK -- FID/KID of ``samples`` against ``reference`` images (both [N, C, H, W]
-    in [-1, 1]). Phase 4 adds the feature extractor; until then nothing is measured."""
-    return {}
+def quality_metrics(model: nn.Module, schedule, shape, count: int, seed: int) -> dict:
+    """FID/KID/precision/recall of ``count`` samples of ``model`` (DPM-Solver++, 20 steps) against the test set."""
+    from diffusion_course.evaluation import evaluate_images
+    from diffusion_course.sampling import sample
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.cat([sample(model, schedule, (min(500, count - i), *shape[1:]), sampler="dpm-solver++", steps=20,
+                               generator=gen) for i in range(0, count, 500)])
+    report = evaluate_images(images, "fashion-mnist", seed=seed)
+    return {"FID": report.fid, "KID": report.kid, "precision": report.precision, "recall": report.recall}
 
 
 def train_one(name: str, model: nn.Module, source, stats: dict, args, out: Path) -> dict:
@@ -274,7 +283,8 @@ def print_report(results: dict, gpu: dict | None) -> None:
         ("train loss, last 10% of steps", lambda r: f"{r['train_loss_last10']:.4f}"),
         *[(f"EMA test loss at t={t}", lambda r, t=t: f"{r['heldout'][t]:.4f}") for t in HELDOUT_T],
         ("EMA test loss, mean over t", lambda r: f"{r['heldout']['mean']:.4f}"),
-        ("FID / KID (Phase 4 hook)", lambda r: ", ".join(f"{k}={v:.3f}" for k, v in r["quality"].items()) or "n/a"),
+        *[(f"{k} (course features, DPM-Solver++ 20)", lambda r, k=k: f"{r['quality'][k]:.4f}")
+          for k in ("FID", "KID", "precision", "recall")],
     ]
     width = max(len(label) for label, _ in rows)
     print("\n" + " " * width + "".join(f" | {n:>22}" for n in names))
@@ -329,7 +339,8 @@ def main(argv=None) -> int:
         else:
             samples = sample_with_diffusers(ema_model, sched, shape, args.sample_steps, args.seed)
         save_image_grid(samples, out / f"samples_{name}.png")
-        r["quality"] = quality_metrics(samples, test_images)
+        print(f"scoring {name} on {args.fid_samples} samples ...", flush=True)
+        r["quality"] = quality_metrics(ema_model, schedule, shape, args.fid_samples, args.seed + 2)
 
     gpu = None if args.skip_gpu else gpu_throughput(args)
     plot_curves(results, out / "loss_curves.png")

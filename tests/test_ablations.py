@@ -1,0 +1,83 @@
+"""benchmarks/ablations.py at toy size: the grid, the winners' combination, resuming, the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ablations():
+    spec = importlib.util.spec_from_file_location("ablations", REPO / "benchmarks" / "ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_the_grid_varies_one_factor_at_a_time(ablations):
+    cells = ablations.grid_cells(4)
+    assert cells[0].name == "baseline" and cells[0].recipe == ablations.BASELINE
+    for cell in cells[1:]:
+        changed = {k for k, v in vars(cell.recipe).items() if getattr(ablations.BASELINE, k) != v}
+        assert changed and changed <= {"model", "unet", "schedule", "timesteps", "prediction", "min_snr",
+                                       "batch_size", "lr", "ema_decay", "warmup_steps"}
+        assert len(changed) <= 2 and cell.minutes == 4  # batch and lr move together in one cell
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names))
+    for must in ("T=100", "T=500", "linear", "sigmoid", "tiny", "wide", "attention 14+7", "x0", "v", "min-SNR 5"):
+        assert must in names
+
+
+def test_winners_combine_every_factor_that_beat_the_baseline(ablations):
+    cells = ablations.grid_cells(1)
+    fids = {"baseline": 10.0, "sigmoid": 8.0, "linear": 12.0, "v": 9.0, "x0": 11.0, "wide": 9.5,
+            "attention 14+7": 9.8}
+    for cell in cells:
+        cell.result = {"fid": fids.get(cell.name, 20.0)}
+    recipe = ablations.winners(cells)
+    assert recipe.schedule == "sigmoid" and recipe.prediction == "v"
+    # wide won the size factor and attention at 14+7 its own: U-Net overrides of both add up
+    assert dict(recipe.unet) == {"base_channels": 24, "attention_resolutions": (14,)}
+    assert recipe.timesteps == ablations.BASELINE.timesteps  # T=100/500 scored worse than the baseline
+
+
+def test_a_finished_cell_is_not_trained_again(ablations, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_train(cell, args, source, stats):
+        calls.append(cell.name)
+        cell.result.update(steps=3, images_per_s=10.0, parameters=1, final_loss=0.5)
+        return tmp_path / "checkpoint.pt"
+
+    def fake_score(checkpoint, args, sampler="dpm-solver++", steps=20, count=None):
+        return {"fid": 1.5, "fid_infinity": 1.0, "kid": 0.01, "kid_std": 0.001, "precision": 0.9, "recall": 0.8,
+                "sampling_s": 2.0, "sampled_images_per_s": 5.0, "sampler": sampler, "sampler_steps": steps,
+                "num_samples": 4, "features": "stand-in"}
+
+    monkeypatch.setattr(ablations, "train_cell", fake_train)
+    monkeypatch.setattr(ablations, "score", fake_score)
+    args = ablations.parse_args(["--out", str(tmp_path), "--quick"])
+    cell = ablations.grid_cells(1)[0]
+    (tmp_path / "cells" / cell.key).mkdir(parents=True)
+    ablations.run_cell(cell, args, None, None)
+    ablations.run_cell(ablations.grid_cells(1)[0], args, None, None)
+    assert calls == ["baseline"]
+    saved = json.loads((tmp_path / "cells" / cell.key / "result.json").read_text())
+    assert saved["result"]["fid"] == 1.5 and saved["recipe"]["model"] == "small"
+    assert "[skip] baseline" in capsys.readouterr().out
+    report = ablations.table([cell], "title")
+    assert "baseline" in report and "1.500" in report and "1.00x" in report
+
+
+def test_bad_flags_exit_2(ablations):
+    with pytest.raises(SystemExit) as exc:
+        ablations.parse_args(["--grid-minutes", "0"])
+    assert exc.value.code == 2
