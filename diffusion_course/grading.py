@@ -83,8 +83,15 @@ def cell_scores(db_url: str, assignment: str, notebook: str, student: str) -> di
         return {g.name: (float(g.score), float(g.max_score)) for g in sub.grades}
 
 
+RUN_ALL_TAG = "raises-exception"
+"""JupyterLab's "Run All" stops at the first cell that raises, unless the cell carries this tag. A
+graded test raises until its exercise is solved, so every graded cell carries it: a learner who runs
+the whole notebook sees every test's verdict, and the notebook goes on with the package's version."""
+
+
 def strip_notebook(nb: nbformat.NotebookNode) -> bool:
-    """Remove outputs, execution counts and saved widget state in place. True if anything changed."""
+    """Remove outputs, execution counts and saved widget state in place, and tag every graded test
+    cell with :data:`RUN_ALL_TAG`. True if anything changed."""
     changed = False
     for key in ("widgets", "execution"):
         if key in nb.metadata:
@@ -102,6 +109,12 @@ def strip_notebook(nb: nbformat.NotebookNode) -> bool:
         for key in ("execution", "collapsed", "scrolled"):
             if key in cell.metadata:
                 del cell.metadata[key]
+                changed = True
+        grading = cell.metadata.get("nbgrader", {})
+        if grading.get("grade") and not grading.get("solution"):
+            tags = cell.metadata.setdefault("tags", [])
+            if RUN_ALL_TAG not in tags:
+                tags.append(RUN_ALL_TAG)
                 changed = True
     return changed
 
