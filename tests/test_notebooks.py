@@ -206,7 +206,7 @@ def test_every_exercise_is_answer_then_check_then_graded_test(name):
     graded = [c for c in cells if _nbgrader(c).get("grade")]
     assert len(graded) >= len(answers)
     untagged = [_nbgrader(c)["grade_id"] for c in graded if grading.RUN_ALL_TAG not in c.metadata.get("tags", [])]
-    assert not untagged, f"graded cells without the {grading.RUN_ALL_TAG!r} tag (Run All would stop): {untagged}; make strip"
+    assert not untagged, f"graded cells without the {grading.RUN_ALL_TAG!r} tag (Run All stops there): {untagged}"
     assert any("### BEGIN HIDDEN TESTS" in c.source for c in graded), "some graded cells should have hidden tests"
 
 
