@@ -13,7 +13,8 @@ eps-prediction, batch 64, lr 5e-4, EMA 0.999, 100 warm-up steps):
 
 Stage 1 runs the whole grid at a short budget (``--grid-minutes``, default 4). Stage 2 trains the
 three best cells, the combination of every factor's winner, and the baseline at the full budget
-(``--final-minutes``, default 15) and compares samplers and step counts on the best of them.
+(``--final-minutes``, default 15) and compares samplers and step counts on the best of them
+(DDPM-1000 only with ``--ddpm-1000``: ``benchmarks/samplers.py`` measures it).
 Everything lands in ``--out`` (JSON per cell, ``results.json``, ``ablations.png``); the run is
 resumable: a cell with a ``result.json`` is not trained again, so Ctrl-C and a rerun lose at most
 the cell in progress. All cells run in one process, one after another, so compare them only within
@@ -84,7 +85,10 @@ FACTORS: dict[str, dict[str, dict]] = {
 }
 """One factor at a time around :data:`BASELINE`: ``{factor: {cell name: changes}}``."""
 
-SAMPLER_GRID = (("ddpm", 1000), ("ddim", 25), ("ddim", 50), ("dpm-solver++", 10), ("dpm-solver++", 20))
+SAMPLER_GRID = (("ddim", 25), ("ddim", 50), ("dpm-solver++", 10), ("dpm-solver++", 20))
+"""Samplers compared on the champion. DDPM-1000 (a million image-network calls for 1,000 samples, about an
+hour on a 2-core CPU) is left to ``benchmarks/samplers.py --checkpoint <champion>``, which measures every
+sampler on one checkpoint; ``--ddpm-1000`` adds it here too."""
 
 
 @dataclass
@@ -242,6 +246,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/ablations")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets and sample counts")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ddpm-1000", action="store_true", help="also sample the champion with DDPM's 1000 steps")
     args = p.parse_args(argv)
     if args.quick:
         args.grid_minutes, args.final_minutes, args.num_samples = 0.05, 0.1, 64
@@ -296,7 +301,7 @@ def main(argv=None) -> int:
               f"{champion.result['fid'] / base.result['fid']:.2f}x (goal <= 0.6x)")
         samplers = {}
         checkpoint = Path(args.out) / "cells" / champion.key / "checkpoint.pt"
-        for sampler, steps in SAMPLER_GRID:
+        for sampler, steps in ((("ddpm", 1000),) if args.ddpm_1000 else ()) + SAMPLER_GRID:
             key = f"{sampler}-{steps}"
             print(f"sampling {champion.name} with {key} ...", flush=True)
             samplers[key] = score(checkpoint, args, sampler, min(steps, champion.recipe.timesteps))
