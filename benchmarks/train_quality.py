@@ -53,7 +53,7 @@ from diffusion_course.runtime import seed_everything
 from diffusion_course.sampling import ddpm_sample
 from diffusion_course.schedules import get_schedule
 from diffusion_course.trainer import Trainer
-from diffusion_course.training import TrainConfig, build_model
+from diffusion_course.training import CPU_RECIPE, TrainConfig, build_model
 from diffusion_course.unet import count_parameters
 from diffusion_course.viz import save_image_grid
 
@@ -62,11 +62,13 @@ HELDOUT_T = (10, 100, 250, 500, 750, 900)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=15.0, help="training budget per model (default 15)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    # the defaults are the course's CPU recipe (notebook 03 trains with it too)
+    p.add_argument("--minutes", type=float, default=CPU_RECIPE["max_minutes"],
+                   help=f"training budget per model (default {CPU_RECIPE['max_minutes']:g})")
+    p.add_argument("--batch-size", type=int, default=CPU_RECIPE["batch_size"])
+    p.add_argument("--lr", type=float, default=CPU_RECIPE["lr"])
+    p.add_argument("--warmup-steps", type=int, default=CPU_RECIPE["warmup_steps"])
+    p.add_argument("--ema-decay", type=float, default=CPU_RECIPE["ema_decay"])
     p.add_argument("--sample-count", type=int, default=64)
     p.add_argument("--sample-steps", type=int, default=100, help="respaced DDPM steps for the grids")
     p.add_argument("--test-images", type=int, default=512, help="held-out images for the denoising loss")

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_course import checks, unet
-from diffusion_course.checks import training as ref_training
 from diffusion_course.diffusion import q_sample
 
 # ---------------------------------------------------------------------------------------
@@ -86,12 +85,6 @@ class MyUNet(unet.UNet):
         for block in self.mid:
             h = block(h, temb)
         return self.conv_out(F.silu(self.norm_out(self.up_path(h, skips, temb))))
-
-
-def test_references_pass():
-    assert checks.check_train_step(ref_training.reference_train_step)
-    assert checks.check_ema_update(ref_training.reference_ema_update)
-    assert checks.check_accumulated_step(ref_training.reference_accumulated_step)
 
 
 def test_unet_checks_pass_answers_written_out():
@@ -262,108 +255,201 @@ def test_unet_forward_mistakes():
         assert not result and message in result.problems[-1], result.problems
 
 
-def _train_step_by_hand(model, opt, x0, s, g):
-    t = torch.randint(0, s.timesteps, (x0.shape[0],), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
+
+# ---------------------------------------------------------------------------------------
+# Phase 3: the training checks. Answers are written out (calling the package's own function is
+# rejected), each mistake must be named in words, and the checks must compare with the package's
+# functions: changing the package's version changes the verdict.
+# ---------------------------------------------------------------------------------------
+
+
+def kl_by_hand(mean1, logvar1, mean2, logvar2):
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
+
+
+def x0_by_hand(x_t, t, eps, s):
     ab = s.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-    loss = ((model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t) - noise) ** 2).mean()
+    return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+
+def train_step_by_hand(model, opt, x0, t, noise, s):
+    loss = F.mse_loss(model(q_sample(x0, t, noise, s), t), noise)
     opt.zero_grad()
     loss.backward()
     opt.step()
     return loss.item()
 
 
+@torch.no_grad()
+def ema_by_hand(ema_model, model, decay):
+    for p_ema, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        p_ema.mul_(decay).add_(p, alpha=1 - decay)
+
+
+def test_training_checks_pass_answers_written_out():
+    assert checks.check_gaussian_kl(kl_by_hand)
+    assert checks.check_predict_x0(x0_by_hand)
+    assert checks.check_train_step(train_step_by_hand)
+    assert checks.check_ema_update(ema_by_hand)
+
+
+def test_training_checks_compare_with_the_package(monkeypatch):
+    from diffusion_course import diffusion, ema, losses
+
+    def doubled(fn):
+        return lambda *args, **kwargs: 2 * fn(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "normal_kl", doubled(losses.normal_kl))
+    monkeypatch.setattr(diffusion, "predict_x0_from_eps", doubled(diffusion.predict_x0_from_eps))
+    monkeypatch.setattr(losses, "ddpm_loss", doubled(losses.ddpm_loss))
+    monkeypatch.setattr(ema, "ema_update", lambda e, m, d: None)
+    for check, answer in ((checks.check_gaussian_kl, kl_by_hand), (checks.check_predict_x0, x0_by_hand),
+                          (checks.check_train_step, train_step_by_hand), (checks.check_ema_update, ema_by_hand)):
+        assert not check(answer), check.__name__
+
+
+def test_gaussian_kl_mistakes():
+    def sums(m1, lv1, m2, lv2):
+        return kl_by_hand(m1, lv1, m2, lv2).sum()
+
+    def reversed_kl(m1, lv1, m2, lv2):
+        return kl_by_hand(m2, lv2, m1, lv1)
+
+    def upside_down_log(m1, lv1, m2, lv2):
+        return 0.5 * (lv1 - lv2 + torch.exp(lv1 - lv2) + (m1 - m2) ** 2 * torch.exp(-lv2) - 1)
+
+    def no_half(m1, lv1, m2, lv2):
+        return 2 * kl_by_hand(m1, lv1, m2, lv2)
+
+    def no_minus_one(m1, lv1, m2, lv2):
+        return kl_by_hand(m1, lv1, m2, lv2) + 0.5
+
+    def delegates(m1, lv1, m2, lv2):
+        from diffusion_course.losses import normal_kl
+
+        return normal_kl(m1, lv1, m2, lv2)
+
+    for fn, message in ((sums, "one KL per element"), (reversed_kl, "not symmetric"),
+                        (upside_down_log, "log term is upside down"), (no_half, "factor 1/2"),
+                        (no_minus_one, "the -1 inside the bracket"), (delegates, "the package's own `normal_kl`")):
+        result = checks.check_gaussian_kl(fn)
+        assert not result and message in result.problems[0], (fn.__name__, result.problems)
+
+
+def test_predict_x0_mistakes():
+    def no_reshape(x_t, t, eps, s):
+        ab = s.alphas_cumprod[t].float()
+        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def adds_noise(x_t, t, eps, s):
+        ab = s.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return (x_t + (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def multiplies(x_t, t, eps, s):
+        ab = s.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return ab.sqrt() * x_t - (1 - ab).sqrt() * eps
+
+    def previous_t(x_t, t, eps, s):
+        ab = s.alphas_cumprod_prev[t].float().view(-1, 1, 1, 1)
+        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def hard_coded_schedule(x_t, t, eps, s):
+        from diffusion_course.schedules import get_schedule
+
+        return x0_by_hand(x_t, t, eps, get_schedule("linear", 1000))
+
+    for fn, message in ((no_reshape, "[B, 1, 1, 1]"), (adds_noise, "subtract the noise"), (multiplies, "divide by"),
+                        (previous_t, "not t - 1"), (hard_coded_schedule, "each image's own t")):
+        result = checks.check_predict_x0(fn)
+        assert not result and message in result.problems[0], (fn.__name__, result.problems)
+
+
 def test_train_step_mistakes():
-    assert checks.check_train_step(ref_training.reference_train_step)
-    assert checks.check_train_step(_train_step_by_hand)
-    def predicts_x0(model, opt, x0, s, g):
-        t = torch.randint(0, s.timesteps, (x0.shape[0],), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        loss = F.mse_loss(model(q_sample(x0, t, noise, s), t), x0)
+    def never_steps(model, opt, x0, t, noise, s):
+        loss = F.mse_loss(model(q_sample(x0, t, noise, s), t), noise)
         opt.zero_grad()
+        return loss.item()
+
+    def zeroes_after_backward(model, opt, x0, t, noise, s):
+        loss = F.mse_loss(model(q_sample(x0, t, noise, s), t), noise)
         loss.backward()
+        opt.zero_grad()
         opt.step()
         return loss.item()
 
-    def never_zeroes(model, opt, x0, s, g):
-        t = torch.randint(0, s.timesteps, (x0.shape[0],), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
+    def never_zeroes(model, opt, x0, t, noise, s):
         loss = F.mse_loss(model(q_sample(x0, t, noise, s), t), noise)
         loss.backward()
         opt.step()
         return loss.item()
 
-    def returns_tensor(model, opt, x0, s, g):
-        ref_training.reference_train_step(model, opt, x0, s, g)
+    def returns_tensor(model, opt, x0, t, noise, s):
+        train_step_by_hand(model, opt, x0, t, noise, s)
         return torch.tensor(0.0)
 
-    for fn, message in ((predicts_x0, "not the clean image"), (never_zeroes, "zero the gradients"),
-                        (returns_tensor, "Python float")):
+    def sums(model, opt, x0, t, noise, s):
+        loss = F.mse_loss(model(q_sample(x0, t, noise, s), t), noise, reduction="sum")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def ignores_t(model, opt, x0, t, noise, s):
+        zero = torch.zeros_like(t)
+        loss = F.mse_loss(model(q_sample(x0, t, noise, s), zero), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def float64_x_t(model, opt, x0, t, noise, s):
+        ab = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+        loss = F.mse_loss(model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def steps_twice(model, opt, x0, t, noise, s):
+        loss = F.mse_loss(model(q_sample(x0, t, noise, s), t), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        opt.step()
+        return loss.item()
+
+    for fn, message in ((never_steps, "weights did not move"), (zeroes_after_backward, "weights did not move"),
+                        (never_zeroes, "zero the gradients every step"),
+                        (returns_tensor, "Python float"), (sums, "do not sum"), (ignores_t, "timesteps t"),
+                        (float64_x_t, "float64 input"), (steps_twice, "once each")):
         result = checks.check_train_step(fn)
-        assert not result and message in result.problems[0], result.problems
-
-
-def test_ema_mistakes():
-    @torch.no_grad()
-    def by_hand(ema, model, decay):
-        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-            p_ema.copy_(decay * p_ema + (1 - decay) * p)
-
-    def rebinds(ema, model, decay):
-        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-            p_ema = decay * p_ema + (1 - decay) * p  # noqa: F841
-
-    @torch.no_grad()
-    def swapped(ema, model, decay):
-        by_hand(ema, model, 1 - decay)
-
-    @torch.no_grad()
-    def copies(ema, model, decay):
-        ema.load_state_dict(model.state_dict())
-
-    def forgets_no_grad(ema, model, decay):
-        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-            p_ema.mul_(decay).add_(p, alpha=1 - decay)
-
-    assert checks.check_ema_update(ref_training.reference_ema_update)
-    assert checks.check_ema_update(by_hand)
-    for fn, message in ((rebinds, "did not change"), (swapped, "are swapped"), (copies, "replaced by the model's"),
-                        (forgets_no_grad, "leaf Variable that requires grad is being used in an in-place")):
-        result = checks.check_ema_update(fn)
         assert not result and message in result.problems[0], (fn.__name__, result.problems)
 
 
-def test_accumulation_mistakes():
-    def by_hand(model, opt, batch, loss_fn, k):
-        opt.zero_grad()
-        losses = [loss_fn(model, chunk) * (1 / k) for chunk in batch.chunk(k)]
-        for loss in losses:
-            loss.backward()
-        opt.step()
-        return float(sum(loss.item() for loss in losses))
+def test_ema_mistakes():
+    def rebinds(ema_model, model, decay):
+        for p_ema, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+            p_ema = decay * p_ema + (1 - decay) * p  # noqa: F841
 
-    def unscaled(model, opt, batch, loss_fn, k):
-        opt.zero_grad()
-        total = 0.0
-        for chunk in batch.chunk(k):
-            loss = loss_fn(model, chunk)
-            loss.backward()
-            total += loss.item()
-        opt.step()
-        return total
+    def forgets_no_grad(ema_model, model, decay):
+        for p_ema, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+            p_ema.copy_(decay * p_ema + (1 - decay) * p)
 
-    def zeroes_every_chunk(model, opt, batch, loss_fn, k):
-        total = 0.0
-        for chunk in batch.chunk(k):
-            opt.zero_grad()
-            loss = loss_fn(model, chunk) / k
-            loss.backward()
-            total += loss.item()
-        opt.step()
-        return total
+    @torch.no_grad()
+    def copies(ema_model, model, decay):
+        ema_model.load_state_dict(model.state_dict())
 
-    assert checks.check_accumulated_step(ref_training.reference_accumulated_step)
-    assert checks.check_accumulated_step(by_hand)
-    for fn, message in ((unscaled, "divide each micro-batch loss"), (zeroes_every_chunk, "zero the gradients once")):
-        result = checks.check_accumulated_step(fn)
+    @torch.no_grad()
+    def fixed_decay(ema_model, model, decay):
+        ema_by_hand(ema_model, model, 0.9)
+
+    @torch.no_grad()
+    def returns_weights(ema_model, model, decay):
+        ema_by_hand(ema_model, model, decay)
+        return [p.clone() for p in ema_model.parameters()]
+
+    for fn, message in ((rebinds, "did not change"), (forgets_no_grad, "with torch.no_grad():"),
+                        (copies, "replaced by the model's"), (fixed_decay, "use the `decay` argument"),
+                        (returns_weights, "return nothing")):
+        result = checks.check_ema_update(fn)
         assert not result and message in result.problems[0], (fn.__name__, result.problems)

@@ -21,16 +21,17 @@ from .forward import (
     check_q_sample,
     check_q_sample_fixed,
 )
-from .training import check_accumulated_step, check_ema_update, check_train_step
+from .training import check_ema_update, check_gaussian_kl, check_predict_x0, check_train_step
 from .unet import check_attention_block, check_res_block, check_timestep_embedding, check_unet_forward
 
 __all__ = [
     "CheckResult",
     "assert_close",
     "assert_own_work",
-    "check_accumulated_step",
     "check_attention_block",
     "check_ema_update",
+    "check_gaussian_kl",
+    "check_predict_x0",
     "check_res_block",
     "check_timestep_embedding",
     "check_unet_forward",
