@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from types import ModuleType
-
 import pytest
+import text_fakes
 import torch
 
 from diffusion_course import conditioning as C
@@ -142,30 +139,10 @@ def test_the_training_loop_trains_the_text_encoder_with_the_unet(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-class _DoubleCFG:
-    """A stand-in for guidance.ClassifierFreeGuidance while that module is not merged: one batched
-    forward of [conditional, null], then uncond + w (cond - uncond)."""
-
-    def __init__(self, model, cond, null_cond, scale, *, variance_type="fixed_small"):
-        self.model, self.cond, self.null, self.scale = model, cond, null_cond, scale
-
-    def __call__(self, x, t):
-        b = x.shape[0]
-        both = {k: torch.cat([self.cond[k].expand(b, -1), self.null[k].to(x.device).expand(b, -1)]) for k in self.cond}
-        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-        return uncond + self.scale * (cond - uncond)
-
-
 @pytest.fixture
 def guidance_module(monkeypatch):
-    """The real guidance module where it exists, else the double above installed in its place."""
-    try:
-        return importlib.import_module("diffusion_course.guidance")
-    except ImportError:
-        fake = ModuleType("diffusion_course.guidance")
-        fake.ClassifierFreeGuidance = _DoubleCFG
-        monkeypatch.setitem(sys.modules, "diffusion_course.guidance", fake)
-        return fake
+    """The real guidance module where it exists, else a minimal stand-in installed in its place."""
+    return text_fakes.guidance_module(monkeypatch)
 
 
 class _Counting(torch.nn.Module):
