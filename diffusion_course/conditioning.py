@@ -117,7 +117,7 @@ _MNIST_TRAIN = tuple(
     (f"{'an' if word == 'eight' else 'a'} {word}", f"the digit {d}", f"the number {word}")
     for d, word in enumerate(_DIGITS)
 )
-_MNIST_HELDOUT = tuple((word, f"die ziffer {word}") for word in _DIGITS_DE)  # German: unseen words
+_MNIST_HELDOUT = tuple((word,) for word in _DIGITS_DE)  # the German numerals: words never seen in training
 _CIFAR_TRAIN = (
     ("an airplane", "a plane", "an aeroplane"),
     ("a car", "an automobile"),
@@ -149,7 +149,7 @@ CAPTIONS: dict[str, dict[str, CaptionSet]] = {
         "heldout": CaptionSet(_HELDOUT, _FASHION_HELDOUT),
     },
     "mnist": {
-        "train": CaptionSet(("{}", "a handwritten {}", "a photo of {}", "a picture of {}") + _GREY,
+        "train": CaptionSet(("{}", "{} written by hand", "a photo of {}", "a picture of {}") + _GREY,
                             _MNIST_TRAIN),
         "heldout": CaptionSet(_HELDOUT, _MNIST_HELDOUT),
     },

@@ -247,3 +247,54 @@ def test_the_pretrained_encoder_is_frozen_shared_and_not_saved():
     wrong = C.PretrainedTextEncoder(C.pretrained_encoder_config("clip", width=16), loader=loader)
     with pytest.raises(C.TextEncoderUnavailable, match="has width 8 but this model was built for 16"):
         wrong.tokenize("a bag")
+
+
+def _tiny_clip(folder) -> str:
+    """A randomly initialised 1-layer CLIP text model and a character-level CLIP tokenizer, saved
+    locally (no download): the real transformers classes the adapter loads."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]  # CLIP's byte alphabet
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    end = vocab["<|endoftext|>"]
+    config = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=end, pad_token_id=end)
+    transformers.CLIPTextModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_real_clip_text_model_through_the_adapter(tmp_path):
+    """Where the ``text`` extra is installed: the adapter against transformers' own classes."""
+    name = _tiny_clip(tmp_path)
+    enc = C.build_text_encoder(C.pretrained_encoder_config("clip", name, width=16, heads=2, max_length=12))
+    ids = enc.tokenize(["a bag", ""])
+    # character level without merges: <start> a</w> b a g</w> <end>, then -1 for padding
+    assert ids[0, :6].ge(0).all() and ids[0, 6:].eq(-1).all() and ids[1, 2:].eq(-1).all()
+    assert enc.token_strings(ids[1:]) == [["<|startoftext|>", "<|endoftext|>"]]
+    out, mask = enc(ids)
+    assert out.shape == (2, 12, 16) and mask.sum(1).tolist() == [6, 2] and torch.all(out[~mask] == 0)
+    tokenizer, model = enc.load()
+    alone = model(input_ids=torch.tensor([tokenizer("a bag")["input_ids"]])).last_hidden_state
+    assert torch.allclose(out[0, :6], alone[0], atol=1e-5)  # padding changes nothing (causal attention)
+    # a text-conditioned U-Net reads it like the course encoder, and trains without touching it
+    from diffusion_course.diffusion import DiffusionConfig
+    from diffusion_course.losses import DiffusionObjective
+    from diffusion_course.text_model import build_text_unet
+    from diffusion_course.unet import get_config
+
+    unet = build_text_unet(get_config("tiny", image_size=8, in_channels=1, out_channels=1), [str(k) for k in range(10)],
+                           "mnist", encoder="clip", name=name, width=16, heads=2, max_length=24)
+    assert unet.config.unet.context_dim == 16 and not any(k.startswith("text_encoder") for k in unet.state_dict())
+    sampler = C.CaptionSampler(C.CaptionSet(("{}", "a {}"), tuple((f"n{k}",) for k in range(10))), unet.tokenize)
+    objective = DiffusionObjective(DiffusionConfig(timesteps=10, conditioning="text"), captions=sampler)
+    out = objective(unet, torch.zeros(4, 1, 8, 8), torch.tensor([0, 3, 7, 9]), torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(p.grad is None for p in model.parameters())
