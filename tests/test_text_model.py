@@ -53,6 +53,14 @@ def test_the_model_reads_tokens_and_defaults_to_the_empty_caption():
         model(x, t, tokens=boot[:1])
 
 
+def test_the_caption_reaches_more_than_the_middle_block():
+    blocks = lambda m: sum(isinstance(b, CrossAttentionBlock) for b in m.modules())  # noqa: E731
+    tiny = _model()  # the preset attends only in the middle: the lowest level (4x4 here) is added
+    assert tiny.config.unet.attention_resolutions == (4,) and blocks(tiny) == 4
+    chosen = _model(attention_resolutions=(8,))  # an explicit choice is kept
+    assert chosen.config.unet.attention_resolutions == (8,) and blocks(chosen) == 4
+
+
 def test_a_checkpoint_rebuilds_the_model_with_its_vocabulary(tmp_path):
     model = _model()
     path = _checkpoint(model, tmp_path / "text.pt")
