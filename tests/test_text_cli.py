@@ -154,3 +154,15 @@ def test_train_with_an_unavailable_clip_encoder_exits_2_before_training(tmp_path
     assert train(args) == 2
     assert "pip install 'diffusion-course[text]'" in _one_error_line(capsys)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_text_run_resumes_and_keeps_its_text_encoder(text_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(text_run, out)
+    assert train([*COMMON, "--max-steps", "3", "--sample-every", "0", "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    capsys.readouterr()
+    assert train([*COMMON, "--max-steps", "4", "--text-encoder", "clip", "--out", str(out), "--resume"]) == 2
+    assert "--text-encoder cannot change when resuming" in _one_error_line(capsys)
