@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .conditioning import NULL_LABEL
 from .diffusion import (
     PREDICTION_TYPES,
     DiffusionConfig,
@@ -456,7 +457,7 @@ class DiffusionObjective:
         if self.diffusion.conditioning == "none" or labels is None or self.cond_drop == 0:
             return labels
         drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.cond_drop
-        null = self.diffusion.num_classes if self.diffusion.conditioning == "class" else -1  # conditioning.NULL_LABEL
+        null = self.diffusion.num_classes if self.diffusion.conditioning == "class" else NULL_LABEL
         return torch.where(drop, torch.full_like(labels, null), labels)
 
     def update(self, feedback: dict[str, torch.Tensor]) -> None:
