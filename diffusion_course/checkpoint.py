@@ -160,7 +160,10 @@ def diffusion_config_of(state: dict):
     )
 
 
-MODEL_KINDS: dict[str, str] = {"unet": "diffusion_course.unet:UNet.from_config_dict"}
+MODEL_KINDS: dict[str, str] = {
+    "unet": "diffusion_course.unet:UNet.from_config_dict",
+    "text-unet": "diffusion_course.text_model:TextConditionedUNet.from_config_dict",
+}
 """How to rebuild each kind of network a checkpoint can hold: ``kind -> "module:callable"``, the
 callable taking the plain-data ``model_config`` (without its ``kind`` entry). A checkpoint's
 ``model_config`` names its kind (``"unet"`` when absent, as in older checkpoints). Modules are

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .conditioning import NULL_LABEL
 from .diffusion import (
     PREDICTION_TYPES,
     DiffusionConfig,
@@ -373,8 +374,11 @@ class DiffusionObjective:
         timestep_sampler: ``uniform`` or ``importance`` (Improved DDPM sec. 3.3; only with ``vlb``).
         cond_drop: for a class-conditional model, the probability of replacing a label with the
             "no class" label, so that the same network also learns the unconditional model
-            (classifier-free guidance, Ho & Salimans 2022).
+            (classifier-free guidance, Ho & Salimans 2022); for a text-conditioned one, of
+            replacing the caption with the empty caption.
         schedule: a prebuilt schedule (default: ``diffusion.noise_schedule()``).
+        captions: for text conditioning, the :class:`~diffusion_course.conditioning.CaptionSampler`
+            that turns the batch's labels into token ids of randomly phrased captions.
     """
 
     def __init__(
@@ -386,6 +390,7 @@ class DiffusionObjective:
         timestep_sampler: str = "uniform",
         cond_drop: float = 0.0,
         schedule: NoiseSchedule | None = None,
+        captions=None,
     ) -> None:
         _check_loss_type(loss)
         if variance_for_loss(loss) == "learned" and diffusion.variance != "learned":
@@ -401,12 +406,14 @@ class DiffusionObjective:
             check_min_snr_gamma(min_snr)
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop} (0.1 is typical)")
-        if diffusion.conditioning == "text":
-            raise ValueError("text conditioning is not available yet; use conditioning 'none' or 'class'")
+        if (diffusion.conditioning == "text") != (captions is not None):
+            raise ValueError("text conditioning needs captions=CaptionSampler(...) (labels -> captions -> token "
+                             "ids), and only text conditioning takes them")
         self.diffusion = diffusion
         self.loss = loss
         self.min_snr = min_snr
         self.cond_drop = cond_drop
+        self.captions = captions
         self.schedule = schedule if schedule is not None else diffusion.noise_schedule()
         self.timesteps = make_timestep_sampler(timestep_sampler, diffusion.timesteps)
 
@@ -416,6 +423,8 @@ class DiffusionObjective:
         t, weights = self.timesteps.sample(x0.shape[0], generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         cond = self.drop_labels(cond, generator)
+        if self.captions is not None and cond is not None:  # text: labels -> captions -> token ids
+            cond = self.captions(cond, generator)
         out = self.loss_at(model, x0, t, noise, cond, weights=weights)
         logs = {} if out.vlb is None else {"mse": out.mse, "vlb": out.vlb}
         feedback = {} if out.vlb is None else {"t": t, "vlb": out.vlb}
@@ -438,14 +447,18 @@ class DiffusionObjective:
         """The keyword arguments that carry ``cond`` into the network (none when unconditional)."""
         if self.diffusion.conditioning == "class" and cond is not None:
             return {"class_labels": cond}
+        if self.diffusion.conditioning == "text" and cond is not None:
+            return {"tokens": cond}
         return {}
 
     def drop_labels(self, labels, generator: torch.Generator):
-        """Replace each label by the "no class" label ``num_classes`` with probability ``cond_drop``."""
-        if self.diffusion.conditioning != "class" or labels is None or self.cond_drop == 0:
+        """Replace each label by the "no class" label ``num_classes`` (text: ``NULL_LABEL``, the
+        empty caption) with probability ``cond_drop``."""
+        if self.diffusion.conditioning == "none" or labels is None or self.cond_drop == 0:
             return labels
         drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.cond_drop
-        return torch.where(drop, torch.full_like(labels, self.diffusion.num_classes), labels)
+        null = self.diffusion.num_classes if self.diffusion.conditioning == "class" else NULL_LABEL
+        return torch.where(drop, torch.full_like(labels, null), labels)
 
     def update(self, feedback: dict[str, torch.Tensor]) -> None:
         """After the optimizer step: let the timestep sampler learn from the bound's terms."""
@@ -468,7 +481,8 @@ class DiffusionObjective:
 
         DDPM ancestral sampling with ``min(steps, T)`` respaced steps (None: all T), so a run's
         preview setting works for any T. A class-conditional model draws the classes
-        ``0, 1, 2, ...`` in turn, so a grid shows every class.
+        ``0, 1, 2, ...`` in turn, so a grid shows every class; a text-conditioned one gets the
+        first caption of each class in turn.
         """
         from .sampling import ddpm_sample
 
@@ -477,6 +491,9 @@ class DiffusionObjective:
         labels = None
         if self.diffusion.conditioning == "class":
             labels = torch.arange(shape[0], device=generator.device) % self.diffusion.num_classes
+        if self.captions is not None:
+            labels = self.captions.first_captions(torch.arange(shape[0], device=generator.device)
+                                                  % self.captions.num_classes)
 
         def denoiser(x, t):
             return model(x, t, **self.model_inputs(labels))

@@ -10,10 +10,16 @@ UNet and a scheduler). It imports no training code, so generating never needs th
 
 Large requests are drawn in batches; the noise of each batch comes from one generator seeded
 once, so the same seed and batch size give the same images.
+
+A text-conditioned model (:mod:`~diffusion_course.text_model`) takes prompts, optionally with
+classifier-free guidance (:mod:`~diffusion_course.guidance`)::
+
+    images = pipe.generate(8, prompt="a photo of an ankle boot", guidance=3.0)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +73,41 @@ class DiffusionPipeline:
 
         return conditioned
 
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether the model is text-conditioned (reads prompts)."""
+        return self.diffusion.conditioning == "text" and hasattr(self.model, "tokenize")
+
+    def prompt_tokens(self, prompt: str | Sequence[str], count: int) -> torch.Tensor:
+        """Token ids ``[count, L]`` on the pipeline's device: image ``i`` gets ``prompt[i % len(prompt)]``.
+
+        Raises ValueError for a model that takes no prompts, an empty prompt, or one longer than
+        the text encoder reads.
+        """
+        if not self.takes_prompts:
+            what = "class-conditional" if self.diffusion.conditioning == "class" else "unconditional"
+            raise ValueError(f"this model is {what}, not text-conditioned: it takes no prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("a prompt must be non-empty text, e.g. 'a photo of an ankle boot' (for unconditional "
+                             "samples give no prompt)")
+        ids = self.model.tokenize(prompts)
+        rows = torch.arange(count) % len(prompts)
+        return ids[rows].to(self.device)
+
+    def text_denoiser(self, tokens: torch.Tensor, guidance: float | None = None):
+        """The text model bound to ``tokens [B, L]`` as ``(x_t, t) -> output``; with ``guidance`` = w,
+        classifier-free guidance towards them, the empty caption being the null condition."""
+        if guidance is None:
+            def conditioned(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return self.model(x, t, tokens=tokens[: x.shape[0]])
+
+            return conditioned
+        from .guidance import ClassifierFreeGuidance
+
+        return ClassifierFreeGuidance(self.model, {"tokens": tokens}, self.model.null_condition(1, self.device),
+                                      guidance, variance_type=self.diffusion.variance)
+
     @torch.no_grad()
     def generate(
         self,
@@ -80,10 +121,20 @@ class DiffusionPipeline:
         batch_size: int = 256,
         progress: bool = False,
         callback=None,
+        prompt: str | Sequence[str] | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
-        """``count`` images ``[count, C, H, W]`` in [-1, 1], on the CPU, drawn ``batch_size`` at a time."""
+        """``count`` images ``[count, C, H, W]`` in [-1, 1], on the CPU, drawn ``batch_size`` at a time.
+
+        ``prompt`` (text-conditioned models): one prompt for every image, or a list used in turn;
+        ``guidance``: the classifier-free guidance scale w for the prompt (None: the plain
+        conditional model). A text model without a prompt draws from its unconditional model.
+        """
         if count < 1 or batch_size < 1:
             raise ValueError(f"count and batch_size must be positive, got {count} and {batch_size}")
+        tokens = None if prompt is None else self.prompt_tokens(prompt, count)
+        if guidance is not None and tokens is None:
+            raise ValueError("guidance needs a prompt to guide towards")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         schedule = self.schedule
         out = []
@@ -94,8 +145,9 @@ class DiffusionPipeline:
             bar = tqdm(total=count, desc="images", unit="img")
         for start in range(0, count, batch_size):
             n = min(batch_size, count - start)
+            model = self.denoiser() if tokens is None else self.text_denoiser(tokens[start : start + n], guidance)
             images = sample(
-                self.denoiser(), schedule, (n, *self.image_shape), sampler=sampler, steps=steps, eta=eta,
+                model, schedule, (n, *self.image_shape), sampler=sampler, steps=steps, eta=eta,
                 spacing=spacing, generator=generator, prediction_type=self.diffusion.prediction,
                 variance_type=self.diffusion.variance, callback=callback,
                 progress=progress and bar is None, device=self.device,

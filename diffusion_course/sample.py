@@ -5,6 +5,13 @@ Draws images from a training checkpoint and saves them as one PNG grid::
     python -m diffusion_course.sample --checkpoint runs/fmnist/checkpoint.pt --num-samples 64 \\
         --sampler dpm-solver++ --steps 20 --seed 0 --out samples.png
 
+A text-conditioned model (trained with ``--conditioning text``) takes ``--prompt "an ankle boot"``
+(repeat it for several prompts, used in turn) and ``--guidance 3`` (classifier-free guidance).
+Prompts are checked before sampling: an empty prompt, a prompt for a model that reads none, one
+longer than the text encoder reads, or one whose words are ALL unknown to the offline encoder's
+vocabulary is refused (exit code 2: such a prompt would carry no information and silently draw
+arbitrary images); a prompt with SOME unknown words is drawn, with a warning naming them.
+
 Like nanoGPT's ``sample.py``, it imports the model, the checkpoint reader and the samplers,
 never the trainer. Everything that can be checked is checked before sampling starts; bad input
 (a missing, corrupt or foreign checkpoint, steps outside [1, T], a negative eta or an eta for a
@@ -23,6 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .cli import UsageError, check_writable_file, error, parse
+from .conditioning import split_words
 from .runtime import DEVICES, get_device
 from .sampling import SAMPLERS, SPACINGS
 
@@ -38,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM's noise level: 0 deterministic (default), 1 DDPM-like; ddim only")
     p.add_argument("--spacing", choices=SPACINGS, default="trailing", help="which timesteps (default: trailing)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text-conditioned models: what to draw, e.g. 'a photo of an ankle boot'; repeat the option "
+                        "for several prompts, used in turn")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w: 0 unconditional, 1 plain conditional, 2-5 guided "
+                        "(needs --prompt)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid (default: samples.png)")
     p.add_argument("--save-npz", type=Path, default=None, help="also save the images as uint8 in a .npz")
@@ -62,6 +76,17 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"--eta is only for --sampler ddim ({args.sampler} has no eta); drop --eta")
         if not 0.0 <= args.eta <= 1.0:
             raise UsageError(f"--eta must be in [0, 1] (0 deterministic, 1 DDPM-like), got {args.eta:g}")
+    if args.prompt is not None:
+        for prompt in args.prompt:
+            if not prompt.strip():
+                raise UsageError("--prompt is empty; describe the image, e.g. --prompt 'a photo of an ankle boot' "
+                                 "(leave --prompt out for unconditional samples)")
+    if args.guidance is not None:
+        if not (args.guidance >= 0 and args.guidance != float("inf")):
+            raise UsageError(f"--guidance must be a number >= 0 (0 unconditional, 1 conditional, 2-5 guided), "
+                             f"got {args.guidance:g}")
+        if args.prompt is None:
+            raise UsageError("--guidance needs --prompt (what to guide towards)")
     if not args.checkpoint.is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file; check the path (the trainer writes "
                          "runs/<name>/checkpoint.pt)")
@@ -85,7 +110,40 @@ def load_pipeline(args: argparse.Namespace):
     T = pipe.diffusion.timesteps
     if not 1 <= args.steps <= T:
         raise UsageError(f"--steps must be in [1, {T}] for this model (trained with T = {T}), got {args.steps}")
+    for warning in check_prompts(pipe, args.prompt):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return pipe
+
+
+def check_prompts(pipe, prompts: list[str] | None) -> list[str]:
+    """Refuse prompts this model cannot read (raises :class:`UsageError`); return warnings to show."""
+    if prompts is None:
+        return ["this text-conditioned model draws unconditional samples without --prompt"] if pipe.takes_prompts \
+            else []
+    if not pipe.takes_prompts:
+        if pipe.diffusion.conditioning == "class":
+            raise UsageError("--prompt is for text-conditioned models; this one is class-conditional: "
+                             "ask for a class with --class-id instead")
+        raise UsageError("--prompt is for text-conditioned models (trained with --conditioning text); this one is "
+                         "unconditional: drop --prompt")
+    from .conditioning import TextEncoderUnavailable
+
+    warnings = []
+    for prompt in prompts:
+        try:
+            pipe.prompt_tokens(prompt, 1)
+        except TextEncoderUnavailable as err:
+            raise UsageError(f"--prompt: {err}") from err
+        except ValueError as err:
+            raise UsageError(f"--prompt: {err}") from err
+        unknown = pipe.model.unknown_words(prompt)
+        if unknown and len(unknown) == len(split_words(prompt)):
+            raise UsageError(f"--prompt {prompt!r}: none of its words is known to this model's text encoder, so "
+                             f"it carries no meaning; use the training words, e.g. {pipe.model.example_prompt()!r}")
+        if unknown:
+            warnings.append(f"--prompt {prompt!r}: unknown word(s) {' '.join(repr(w) for w in sorted(set(unknown)))} "
+                            "are read as [UNK]")
+    return warnings
 
 
 def save_npz(images: torch.Tensor, path: Path) -> None:
@@ -113,11 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     d = pipe.diffusion
     print(f"{PROG}: {args.num_samples} images from {args.checkpoint} ({d.schedule} schedule, T={d.timesteps}, "
-          f"predicts {d.prediction}) with {args.sampler}, {args.steps} steps, seed {args.seed}", file=sys.stderr)
+          f"predicts {d.prediction}) with {args.sampler}, {args.steps} steps, seed {args.seed}"
+          + (f", prompt(s) {args.prompt}" if args.prompt else "")
+          + (f", guidance {args.guidance:g}" if args.guidance is not None else ""), file=sys.stderr)
     try:
         images = pipe.generate(
             args.num_samples, sampler=args.sampler, steps=args.steps, eta=args.eta or 0.0, spacing=args.spacing,
-            seed=args.seed, batch_size=args.batch_size, progress=args.progress,
+            seed=args.seed, batch_size=args.batch_size, progress=args.progress, prompt=args.prompt,
+            guidance=args.guidance,
         )
     except KeyboardInterrupt:
         error(PROG, "interrupted; nothing was written")

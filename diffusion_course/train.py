@@ -239,8 +239,8 @@ def build_trainer(config: TrainConfig, state: dict | None, device: torch.device,
     source, stats = load_training_data(config, device, progress=main_rank)
     num_classes = len(stats["classes"]) if stats.get("classes") else None
     seed_everything(config.seed)  # identical initial weights on every rank
-    model = build_model(config, stats["channels"], stats["image_size"], num_classes)
-    objective = build_objective(config, num_classes)
+    model = build_model(config, stats["channels"], stats["image_size"], num_classes, stats.get("classes"))
+    objective = build_objective(config, num_classes, model)
     trainer = Trainer(config, model, source, objective=objective, device=device, data_stats=stats, info=info)
     if state is not None:
         trainer.load_state(state)

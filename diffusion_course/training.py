@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .conditioning import TEXT_ENCODERS
 from .data import DATASETS, default_hflip
 from .diffusion import CONDITIONINGS, PREDICTION_TYPES, DiffusionConfig
 from .losses import LOSS_TYPES, MIN_SNR_GAMMA, DiffusionObjective, variance_for_loss
@@ -91,10 +92,15 @@ class TrainConfig:
                                      metavar="GAMMA")
     timestep_sampler: str = _setting("uniform", "how t is drawn: importance = Improved DDPM 3.3 (with --loss vlb)",
                                      choices=TIMESTEP_SAMPLERS, group="diffusion")
-    conditioning: str = _setting("none", "class = class-conditional (labels of the dataset)",
+    conditioning: str = _setting("none", "class = class-conditional (labels of the dataset); text = "
+                                 "captions made from the labels, read by a text encoder",
                                  choices=CONDITIONINGS, group="diffusion")
-    cond_drop: float = _setting(0.1, "probability of dropping a label in training (for classifier-free "
-                                "guidance)", group="diffusion")
+    cond_drop: float = _setting(0.1, "probability of dropping a label (text: the caption) in training (for "
+                                "classifier-free guidance)", group="diffusion")
+    text_encoder: str = _setting("course", "text conditioning's encoder: course = a small transformer trained "
+                                 "with the U-Net (offline); clip = a frozen pretrained CLIP text model (needs "
+                                 "pip install 'diffusion-course[text]' and one download)", choices=TEXT_ENCODERS,
+                                 group="diffusion")
     # model
     model: str = _setting("tiny", "U-Net preset", choices=tuple(PRESETS), group="model")
     grad_checkpoint: bool = _setting(False, "recompute activations to save memory", group="model")
@@ -171,6 +177,9 @@ class TrainConfig:
             check_positive("grad_clip", self.grad_clip, " (or None for no clipping)")
         if self.min_snr is not None:
             check_min_snr_gamma(self.min_snr)
+        if self.text_encoder != "course" and self.conditioning != "text":
+            raise ValueError(f"text_encoder {self.text_encoder!r} is for conditioning 'text'; add --conditioning "
+                             "text or drop --text-encoder")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop} (0.1 is typical)")
         for name in ("epochs", "max_minutes"):
@@ -203,30 +212,47 @@ def build_diffusion_config(config: TrainConfig, num_classes: int | None = None) 
     )
 
 
-def build_objective(config: TrainConfig, num_classes: int | None = None) -> DiffusionObjective:
-    """The :class:`~diffusion_course.losses.DiffusionObjective` that ``config`` describes."""
+def build_objective(config: TrainConfig, num_classes: int | None = None, model: nn.Module | None = None
+                    ) -> DiffusionObjective:
+    """The :class:`~diffusion_course.losses.DiffusionObjective` that ``config`` describes. A text-conditioned
+    run needs its ``model`` (a :class:`~diffusion_course.text_model.TextConditionedUNet`): its text encoder
+    tokenizes the captions made from the labels."""
     if config.conditioning == "class" and num_classes is None:
         raise ValueError("a class-conditional run needs the number of classes of its dataset")
+    captions = None
+    if config.conditioning == "text":
+        from .conditioning import CaptionSampler, caption_set
+        from .ema import unwrap_model
+
+        model = unwrap_model(model) if model is not None else None
+        if model is None or not hasattr(model, "tokenize"):
+            raise ValueError("a text-conditioned run needs its text-conditioned model to tokenize the captions")
+        captions = CaptionSampler(caption_set(model.config.dataset, "train", model.config.class_names),
+                                  model.tokenize)
     return DiffusionObjective(
         build_diffusion_config(config, num_classes),
         loss=config.loss,
         min_snr=config.min_snr,
         timestep_sampler=config.timestep_sampler,
         cond_drop=config.cond_drop,
+        captions=captions,
     )
 
 
-def build_model(config: TrainConfig, channels: int, image_size: int, num_classes: int | None = None) -> nn.Module:
+def build_model(config: TrainConfig, channels: int, image_size: int, num_classes: int | None = None,
+                classes: list[str] | None = None) -> nn.Module:
     """The U-Net preset ``config.model`` for ``channels`` x ``image_size``^2 images.
 
     The output channels follow the diffusion setup (twice ``channels`` for a learned variance,
     Improved DDPM sec. 3.1); a class-conditional run gets a label embedding for ``num_classes``
-    classes plus the "no class" label. Raises ValueError if the preset cannot take the size.
+    classes plus the "no class" label; a text-conditioned run gets cross-attention and a text
+    encoder (:func:`~diffusion_course.text_model.build_text_unet`) for captions made from the
+    class names ``classes``. Raises ValueError if the preset cannot take the size.
     """
-    from .unet import UNet
+    from .unet import UNet, get_config
 
     diffusion = build_diffusion_config(config, num_classes)
-    return UNet.from_preset(
+    unet = get_config(
         config.model,
         image_size=image_size,
         in_channels=channels,
@@ -234,6 +260,13 @@ def build_model(config: TrainConfig, channels: int, image_size: int, num_classes
         grad_checkpoint=config.grad_checkpoint,
         num_classes=diffusion.num_classes,
     )
+    if config.conditioning == "text":
+        from .text_model import build_text_unet
+
+        if not classes:
+            raise ValueError("text conditioning makes captions from class names, and this dataset has no classes")
+        return build_text_unet(unet, classes, config.dataset, encoder=config.text_encoder)
+    return UNet(unet)
 
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype | None:

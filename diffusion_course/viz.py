@@ -560,3 +560,52 @@ def animate_samples(
         page = anim.to_jshtml(default_mode="once")
     plt.close(fig)
     return HTML(page)
+
+
+# ---------------------------------------------------------------------------
+# Text-to-image: where the image looks, per token
+# ---------------------------------------------------------------------------
+
+
+def show_token_attention(image: torch.Tensor, maps: torch.Tensor, words: Sequence[str], *,
+                         size: float = 1.6, padding: bool = True) -> Figure:
+    """The image, then one panel per token: how much the pixels attend to that token.
+
+    Args:
+        image: ``[C, H, W]`` (or ``[1, C, H, W]``) in [-1, 1], the generated image.
+        maps: ``[L, H, W]`` cross-attention maps of this image, e.g. one row of
+            :func:`diffusion_course.text_model.token_attention_maps` (for each pixel they sum to 1
+            over the L tokens).
+        words: the token strings of the caption in order (``[BOS]`` first); positions after them
+            are padding.
+        padding: add one panel with the attention that went to all padding positions together
+            (the empty slots act as an "attend to nothing" sink).
+
+    All panels share one colour scale (0 to the largest weight shown), so a token that draws
+    little attention looks faint; each title gives the token and its mean share of attention.
+    """
+    maps = maps.detach().float().cpu()
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be [L, H, W] (one image's token maps), got shape {tuple(maps.shape)}")
+    words = list(words)
+    if not 0 < len(words) <= maps.shape[0]:
+        raise ValueError(f"got {len(words)} words for {maps.shape[0]} token maps; give the caption's tokens")
+    panels = [(w, maps[i]) for i, w in enumerate(words)]
+    if padding and len(words) < maps.shape[0]:
+        panels.append((f"padding x{maps.shape[0] - len(words)}", maps[len(words):].sum(0)))
+    top = max(float(m.max()) for _, m in panels) or 1.0
+    picture = to_display(_one_image(image))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(size * (len(panels) + 1), size + 0.4), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
+    axes[0].set_title("image", fontsize=8)
+    grey = picture if picture.ndim == 2 else picture.mean(axis=2)
+    for ax, (word, m) in zip(axes[1:], panels, strict=True):
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1, alpha=0.35)
+        ax.imshow(m.numpy(), cmap="inferno", vmin=0, vmax=top, alpha=0.75)
+        ax.set_title(f"{word}\n{float(m.mean()):.0%}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

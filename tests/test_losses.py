@@ -347,7 +347,8 @@ def test_the_objective_refuses_settings_that_do_not_go_together():
         (dict(loss="simple"), learned, "a learned variance is trained by the bound"),
         (dict(cond_drop=1.0), DiffusionConfig(), "cond_drop must be in \\[0, 1\\), got 1.0"),
         (dict(min_snr=0.0), DiffusionConfig(), "min-SNR gamma must be positive"),
-        (dict(), DiffusionConfig(conditioning="text"), "text conditioning is not available yet"),
+        (dict(), DiffusionConfig(conditioning="text"), "text conditioning needs captions=CaptionSampler"),
+        (dict(captions=lambda labels, generator: labels), DiffusionConfig(), "only text conditioning takes them"),
         (dict(loss="l2"), DiffusionConfig(), "unknown loss type 'l2'"),
     ]:
         with pytest.raises(ValueError, match=match):

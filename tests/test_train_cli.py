@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from diffusion_course.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_course.conditioning import TEXT_ENCODERS
 from diffusion_course.data import DATASETS
 from diffusion_course.diffusion import CONDITIONINGS, PREDICTION_TYPES
 from diffusion_course.losses import LOSS_TYPES, MIN_SNR_GAMMA
@@ -208,7 +209,7 @@ def test_console_script_reports_bad_input_with_exit_code_2(tmp_path):
 VOCABULARIES = {
     "dataset": DATASETS, "model": tuple(PRESETS), "device": DEVICES, "prediction": PREDICTION_TYPES,
     "schedule": SCHEDULES, "loss": LOSS_TYPES, "timestep_sampler": TIMESTEP_SAMPLERS,
-    "conditioning": CONDITIONINGS, "precision": PRECISIONS, "hflip": FLIP_CHOICES,
+    "conditioning": CONDITIONINGS, "precision": PRECISIONS, "hflip": FLIP_CHOICES, "text_encoder": TEXT_ENCODERS,
 }  # fmt: skip
 
 
