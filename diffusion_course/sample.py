@@ -5,11 +5,22 @@ Draws images from a training checkpoint and saves them as one PNG grid::
     python -m diffusion_course.sample --checkpoint runs/fmnist/checkpoint.pt --num-samples 64 \\
         --sampler dpm-solver++ --steps 20 --seed 0 --out samples.png
 
+and from a class-conditional model (``train --conditioning class``), one class or several, with
+classifier-free guidance of scale w (0: unconditional, 1: plain conditional, 2-5: guided;
+:mod:`~diffusion_course.guidance`)::
+
+    python -m diffusion_course.sample --checkpoint runs/fmnist-class/checkpoint.pt --class-id 5 --guidance 3.0
+    python -m diffusion_course.sample --checkpoint runs/fmnist-class/checkpoint.pt --class-id all --num-samples 100
+
+Several classes are drawn in turn (image i shows class ``ids[i % len(ids)]``) and the grid has one
+column per class. Without ``--class-id`` a class-conditional model samples unconditionally.
+
 Like nanoGPT's ``sample.py``, it imports the model, the checkpoint reader and the samplers,
 never the trainer. Everything that can be checked is checked before sampling starts; bad input
 (a missing, corrupt or foreign checkpoint, steps outside [1, T], a negative eta or an eta for a
-sampler that has none, an output that cannot be written) ends with one line on stderr and exit
-code 2. The checkpoint is only read, never written.
+sampler that has none, an output that cannot be written, a class id out of range, a class or a
+guidance scale for an unconditional model, a negative guidance scale) ends with one line on stderr
+and exit code 2. The checkpoint is only read, never written.
 """
 
 from __future__ import annotations
@@ -46,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda, then mps, then cpu")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--class-id", nargs="+", default=None, metavar="ID",
+                   help="class-conditional models: the class(es) to draw, ids or 'all' (drawn in turn)")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance scale: 0 unconditional, 1 plain conditional (default), 2-5 guided")
     return p
 
 
@@ -57,6 +72,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.nrow is not None and args.nrow < 1:
         raise UsageError(f"--nrow must be at least 1, got {args.nrow}")
+    if args.guidance is not None and not args.guidance >= 0:  # NaN too
+        raise UsageError(f"--guidance must be >= 0 (0 unconditional, 1 plain conditional, 2-5 guided), "
+                         f"got {args.guidance:g}")
+    args.class_ids = parse_class_ids(args.class_id)
     if args.eta is not None:
         if args.sampler != "ddim":
             raise UsageError(f"--eta is only for --sampler ddim ({args.sampler} has no eta); drop --eta")
@@ -68,6 +87,51 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_writable_file(args.out, "--out", (".png",))
     if args.save_npz is not None:
         check_writable_file(args.save_npz, "--save-npz", (".npz",))
+
+
+def parse_class_ids(values: list[str] | None) -> list[int] | str | None:
+    """``--class-id`` as a list of ints, ``"all"``, or None (raises :class:`UsageError`)."""
+    if values is None:
+        return None
+    if [v.lower() for v in values] == ["all"]:
+        return "all"
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UsageError(f"--class-id takes class numbers (e.g. --class-id 5 or --class-id 1 3) or 'all', "
+                         f"got {' '.join(values)}") from None
+
+
+def check_conditioning(args: argparse.Namespace, pipe) -> None:
+    """``--class-id`` and ``--guidance`` against the model; sets ``args.labels`` (one per image, or
+    None) and ``args.nrow`` for a grid of several classes (raises :class:`UsageError`)."""
+    conditioning = pipe.diffusion.conditioning
+    args.labels = None
+    if args.class_ids is not None and conditioning != "class":
+        raise UsageError(f"--class-id is for class-conditional models; this one was trained with conditioning "
+                         f"{conditioning!r}: drop --class-id")
+    if args.guidance is not None and conditioning == "none":
+        raise UsageError("--guidance is for conditional models; this one is unconditional (trained with "
+                         "conditioning 'none'): drop --guidance")
+    if args.class_ids is None:
+        if args.guidance is not None and conditioning == "class":
+            raise UsageError("--guidance needs --class-id, the class to steer towards (e.g. --class-id 5)")
+        return
+    k = pipe.num_classes
+    ids = list(range(k)) if args.class_ids == "all" else args.class_ids
+    for i in ids:
+        if not 0 <= i < k:
+            names = pipe.class_names
+            known = f" ({', '.join(f'{j} {n}' for j, n in enumerate(names))})" if names else ""
+            raise UsageError(f"--class-id {i} is out of range: this model knows classes 0 to {k - 1}{known}")
+    args.labels = torch.tensor([ids[i % len(ids)] for i in range(args.num_samples)])
+    if len(ids) > 1 and args.nrow is None:
+        args.nrow = len(ids)
+
+
+def condition_kwargs(args: argparse.Namespace) -> dict:
+    """The conditioning keyword arguments of :meth:`DiffusionPipeline.generate` for checked ``args``."""
+    return {"class_labels": getattr(args, "labels", None), "guidance": args.guidance}
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -85,17 +149,31 @@ def load_pipeline(args: argparse.Namespace):
     T = pipe.diffusion.timesteps
     if not 1 <= args.steps <= T:
         raise UsageError(f"--steps must be in [1, {T}] for this model (trained with T = {T}), got {args.steps}")
+    check_conditioning(args, pipe)
     return pipe
 
 
-def save_npz(images: torch.Tensor, path: Path) -> None:
-    """Images ``[N, C, H, W]`` in [-1, 1] as uint8 ``[N, H, W, C]`` (the layout of common FID tools), atomically."""
+def describe_condition(args: argparse.Namespace, pipe) -> str:
+    """What the images are conditioned on, for the status line ("" when unconditional)."""
+    if args.labels is None:
+        return "; unconditional (no --class-id)" if pipe.diffusion.conditioning == "class" else ""
+    names = pipe.class_names
+    ids = sorted(set(args.labels.tolist()))
+    shown = ", ".join(f"{i} {names[i]}" if names else str(i) for i in ids[:10]) + (" ..." if len(ids) > 10 else "")
+    w = 1.0 if args.guidance is None else args.guidance
+    return f"; class {shown}; guidance w = {w:g}"
+
+
+def save_npz(images: torch.Tensor, path: Path, labels: torch.Tensor | None = None) -> None:
+    """Images ``[N, C, H, W]`` in [-1, 1] as uint8 ``[N, H, W, C]`` (the layout of common FID tools), atomically;
+    with ``labels`` (the classes asked for) also ``labels [N]``."""
     import numpy as np
 
     from .checkpoint import atomic_write
 
     pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    atomic_write(path, lambda f: np.savez_compressed(f, images=pixels))
+    arrays = {"images": pixels} if labels is None else {"images": pixels, "labels": labels.numpy()}
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,11 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     d = pipe.diffusion
     print(f"{PROG}: {args.num_samples} images from {args.checkpoint} ({d.schedule} schedule, T={d.timesteps}, "
-          f"predicts {d.prediction}) with {args.sampler}, {args.steps} steps, seed {args.seed}", file=sys.stderr)
+          f"predicts {d.prediction}) with {args.sampler}, {args.steps} steps, seed {args.seed}"
+          f"{describe_condition(args, pipe)}", file=sys.stderr)
     try:
         images = pipe.generate(
             args.num_samples, sampler=args.sampler, steps=args.steps, eta=args.eta or 0.0, spacing=args.spacing,
-            seed=args.seed, batch_size=args.batch_size, progress=args.progress,
+            seed=args.seed, batch_size=args.batch_size, progress=args.progress, **condition_kwargs(args),
         )
     except KeyboardInterrupt:
         error(PROG, "interrupted; nothing was written")
@@ -125,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_image_grid(images, args.out, nrow=args.nrow)
     written = [str(args.out)]
     if args.save_npz is not None:
-        save_npz(images, args.save_npz)
+        save_npz(images, args.save_npz, args.labels)
         written.append(str(args.save_npz))
     print(f"wrote {' and '.join(written)}")
     return 0
