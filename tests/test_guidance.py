@@ -271,3 +271,33 @@ def test_clip_guidance_moves_the_x0_estimate_towards_the_prompt():
 def test_gradient_guidance_checks_its_scale():
     with pytest.raises(ValueError, match="classifier scale must be a number >= 0"):
         GradientGuidance(_oracle(), lambda x, t, x0: x, -2.0, SCHEDULE)
+
+
+# ---------------------------------------------------------------------------
+# The noise-aware classifier, trained by the one training loop and cached
+# ---------------------------------------------------------------------------
+
+
+def test_the_noise_aware_classifier_is_trained_on_noisy_images_once_and_cached(tmp_path):
+    from diffusion_course.checkpoint import load_checkpoint
+    from diffusion_course.classifier import ClassifierRecipe
+    from diffusion_course.features import FeatureUnavailable
+    from diffusion_course.guidance import noise_aware_classifier
+
+    recipe = ClassifierRecipe(epochs=1, batch_size=32)
+    model = noise_aware_classifier("fashion-mnist", "cosine", 100, root=tmp_path, recipe=recipe, limit=64,
+                                   progress=False)
+    assert model.config.time_conditioned and model.config.timesteps == 100
+    assert recipe.overrides == {}  # the caller's recipe is left alone
+    (cached,) = tmp_path.glob("noisy-classifier-fashion-mnist-cosine-100-*.pt")
+    (run,) = tmp_path.glob("run-noisy-fashion-mnist-*/checkpoint.pt")
+    assert load_checkpoint(run)["classifier_objective"] == {"noisy": True}
+    again = noise_aware_classifier("fashion-mnist", "cosine", 100, root=tmp_path, recipe=recipe, limit=64,
+                                   train=False, progress=False)
+    for name, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([5, 90])
+    assert model(x, t).shape == (2, 10) and not torch.allclose(model(x, t), model(x, torch.tensor([90, 5])))
+    with pytest.raises(FeatureUnavailable, match="no noise-aware classifier"):
+        noise_aware_classifier("fashion-mnist", "linear", 100, root=tmp_path, recipe=recipe, limit=64, train=False,
+                               progress=False)
