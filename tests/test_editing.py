@@ -155,6 +155,20 @@ def test_resampling_goes_back_up_the_chain():
     assert model.ts == [99, 74, 99, 74, 49, 24, 49, 24]
 
 
+def test_a_jump_back_is_the_forward_process_from_the_blocks_end_to_its_start():
+    """With everything known, x after a step is q_sample(image, t_prev); the jump back must then be
+    q(x_t | x_{t_prev}) = N(sqrt(ab_t / ab_prev) x, (1 - ab_t / ab_prev) I), with the documented draws."""
+    images = _images()
+    model = _Recorder(GaussianData(SCHEDULE, pattern()))
+    inpaint(model, SCHEDULE, images, torch.ones(1, 1, 4, 4), sampler="ddim", steps=2, resample=2, generator=_gen(7))
+    assert model.ts == [99, 99, 49, 49]
+    gen = _gen(7)
+    _x_T, z_known, z_back = (torch.randn(images.shape, generator=gen) for _ in range(3))
+    ratio = float(SCHEDULE.alphas_cumprod[99] / SCHEDULE.alphas_cumprod[49])
+    after_step = q_sample(images, torch.full((3,), 49), z_known, SCHEDULE)
+    assert torch.allclose(model.xs[1], ratio**0.5 * after_step + (1 - ratio) ** 0.5 * z_back, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
