@@ -204,10 +204,12 @@ def train_classifier(
     out: str | Path,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    objective: ClassificationObjective | None = None,
 ) -> ImageClassifier:
     """Train the classifier of ``recipe.dataset`` on ``images [N, C, H, W]`` in [-1, 1] and
     ``labels [N]`` with the course's :class:`~diffusion_course.trainer.Trainer`; returns the EMA
-    model in eval mode. ``out`` receives the run's checkpoint and metrics."""
+    model in eval mode. ``out`` receives the run's checkpoint and metrics. ``objective``: default
+    clean images; ``ClassificationObjective(noisy=True, schedule=...)`` for classifier guidance."""
     from .runtime import seed_everything
     from .trainer import Trainer
     from .training import TrainConfig
@@ -221,7 +223,8 @@ def train_classifier(
         checkpoint_every=0, log_every=100, num_workers=0, progress=progress,
         device=torch.device(device).type,
     )
-    trainer = Trainer(config, model, (images, labels), objective=ClassificationObjective(), device=device)
+    trainer = Trainer(config, model, (images, labels), objective=objective or ClassificationObjective(),
+                      device=device)
     trainer.train()
     return trainer.ema.module.eval()
 

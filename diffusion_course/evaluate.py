@@ -9,7 +9,8 @@ against the real test images, on the course classifier's features (offline) or I
 The first evaluation of a dataset trains its classifier once (a few CPU minutes for
 Fashion-MNIST) and caches it, with the real images' features, under ``data/features/``.
 Bad input ends with one line on stderr and exit code 2, as in the sample command (whose options
-this one shares).
+this one shares). For a class-conditional model, ``--class-id all`` draws every class in turn and
+adds the class accuracy (the course classifier judges whether each sample shows its class).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from .cli import UsageError, check_writable_file, error, parse
 from .features import EXTRACTORS
 from .sample import build_parser as sample_parser
-from .sample import check_arguments, load_pipeline
+from .sample import check_arguments, condition_kwargs, describe_condition, load_pipeline
 
 PROG = "diffusion-course-evaluate"
 
@@ -68,19 +69,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         extractor = get_extractor(args.features, dataset, device=pipe.device, progress=args.progress)
-        print(f"{PROG}: {args.num_samples} samples with {args.sampler}, {args.steps} steps ...", file=sys.stderr)
+        print(f"{PROG}: {args.num_samples} samples with {args.sampler}, {args.steps} steps"
+              f"{describe_condition(args, pipe)} ...", file=sys.stderr)
         images = pipe.generate(args.num_samples, sampler=args.sampler, steps=args.steps, eta=args.eta or 0.0,
                                spacing=args.spacing, seed=args.seed, batch_size=args.batch_size,
-                               progress=args.progress)
-        report = evaluate_images(images, dataset, extractor=extractor, real_limit=args.real, seed=args.seed)
+                               progress=args.progress, **condition_kwargs(args))
+        report = evaluate_images(images, dataset, extractor=extractor, real_limit=args.real, seed=args.seed,
+                                 labels=args.labels)
     except KeyboardInterrupt:
         error(PROG, "interrupted; nothing was written")
         return 130
-    save_image_grid(images[:64], args.out)
+    save_image_grid(images[:64], args.out, nrow=args.nrow)
     print("\n".join(report.lines()))
     if args.json is not None:
         record = {"checkpoint": str(args.checkpoint), "sampler": args.sampler, "steps": args.steps,
-                  "eta": args.eta, "spacing": args.spacing, "seed": args.seed, **report.to_dict()}
+                  "eta": args.eta, "spacing": args.spacing, "seed": args.seed, "class_id": args.class_ids,
+                  "guidance": args.guidance, **report.to_dict()}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

@@ -475,6 +475,12 @@ class DiffusionObjective:
     def load_state_dict(self, state: dict) -> None:
         self.timesteps.load_state_dict(state["timestep_sampler"])
 
+    @property
+    def preview_nrow(self) -> int | None:
+        """Images per row of a preview grid: one column per class for a class-conditional model
+        (its previews draw the classes in turn), else None (a square grid)."""
+        return self.diffusion.num_classes if self.diffusion.conditioning == "class" else None
+
     @torch.no_grad()
     def preview(self, model, shape: tuple[int, ...], generator: torch.Generator, steps: int | None = None):
         """Images ``shape = [B, C, H, W]`` in [-1, 1] from ``model``: what it has learned so far.

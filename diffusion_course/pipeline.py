@@ -7,14 +7,17 @@ UNet and a scheduler). It imports no training code, so generating never needs th
 
     pipe = DiffusionPipeline.from_checkpoint("runs/fmnist/checkpoint.pt")
     images = pipe.generate(64, sampler="dpm-solver++", steps=20, seed=0)   # [64, 1, 28, 28] in [-1, 1]
+    boots = pipe.generate(16, class_labels=9, guidance=3.0)                # a class-conditional model
+    edited = pipe.edit(images[:8], t0=0.5, class_labels=7)                 # SDEdit towards class 7
+    shoes = pipe.generate(8, prompt="a photo of an ankle boot", guidance=3.0)  # a text-conditioned model
+
+A conditional model's condition is bound to the network and guided (classifier-free guidance,
+:mod:`~diffusion_course.guidance`) before the sampler sees it, so every sampler works unchanged.
+:meth:`DiffusionPipeline.conditions` turns a request into the network's keyword arguments; other
+kinds of conditioning extend it (or pass ``cond``/``null_cond`` directly).
 
 Large requests are drawn in batches; the noise of each batch comes from one generator seeded
 once, so the same seed and batch size give the same images.
-
-A text-conditioned model (:mod:`~diffusion_course.text_model`) takes prompts, optionally with
-classifier-free guidance (:mod:`~diffusion_course.guidance`)::
-
-    images = pipe.generate(8, prompt="a photo of an ankle boot", guidance=3.0)
 """
 
 from __future__ import annotations
@@ -63,15 +66,37 @@ class DiffusionPipeline:
     def schedule(self):
         return self.diffusion.noise_schedule()
 
-    def denoiser(self, class_labels: torch.Tensor | None = None):
-        """The network as the samplers call it, ``(x_t, t) -> output``, with any conditioning bound."""
-        if class_labels is None:
-            return self.model
+    # -- conditions ----------------------------------------------------------------------------
 
-        def conditioned(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.model(x, t, class_labels=class_labels[: x.shape[0]])
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model (else None)."""
+        return self.diffusion.num_classes
 
-        return conditioned
+    @property
+    def class_names(self) -> list[str] | None:
+        """The training data's class names (from the checkpoint's data statistics), if recorded."""
+        names = ((self.checkpoint or {}).get("data_stats") or {}).get("classes")
+        return list(names) if names else None
+
+    def class_labels(self, labels, count: int) -> torch.Tensor:
+        """``labels`` (one class id, or one per image) as a long tensor ``[count]``, checked against the model."""
+        if self.diffusion.conditioning != "class":
+            raise ValueError(f"this model was trained with conditioning {self.diffusion.conditioning!r}; "
+                             "it takes no class labels")
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"class labels must be integers, got {labels.dtype}")
+        labels = labels.long().reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(count)
+        if labels.numel() != count:
+            raise ValueError(f"give one class id, or one per image ({count}), not {labels.numel()}")
+        k = self.num_classes
+        bad = labels[(labels < 0) | (labels >= k)]
+        if bad.numel():
+            raise ValueError(f"class id {int(bad[0])} is out of range: this model knows classes 0 to {k - 1}")
+        return labels.clone()
 
     @property
     def takes_prompts(self) -> bool:
@@ -95,18 +120,50 @@ class DiffusionPipeline:
         rows = torch.arange(count) % len(prompts)
         return ids[rows].to(self.device)
 
-    def text_denoiser(self, tokens: torch.Tensor, guidance: float | None = None):
-        """The text model bound to ``tokens [B, L]`` as ``(x_t, t) -> output``; with ``guidance`` = w,
-        classifier-free guidance towards them, the empty caption being the null condition."""
-        if guidance is None:
-            def conditioned(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return self.model(x, t, tokens=tokens[: x.shape[0]])
+    def conditions(self, count: int, *, class_labels=None, prompt=None) -> tuple[dict, dict] | None:
+        """``(cond, null_cond)`` for ``count`` images: the keyword arguments of the network for the
+        conditional and the unconditional branch, tensors with ``count`` (or 1) rows; None when no
+        condition is asked for. Class labels give ``{"class_labels": y}`` and the "no class" label;
+        a prompt (or a list used in turn) gives ``{"tokens": ids}`` and the empty caption's."""
+        if class_labels is not None and prompt is not None:
+            raise ValueError("give class labels or a prompt, not both")
+        if prompt is not None:
+            return {"tokens": self.prompt_tokens(prompt, count)}, self.model.null_condition(1, self.device)
+        if class_labels is None:
+            return None
+        labels = self.class_labels(class_labels, count).to(self.device)
+        return {"class_labels": labels}, {"class_labels": torch.tensor([self.num_classes], device=self.device)}
 
-            return conditioned
-        from .guidance import ClassifierFreeGuidance
+    def denoiser(self, class_labels=None, guidance: float | None = None, *, cond: dict | None = None,
+                 null_cond: dict | None = None):
+        """The network as the samplers call it, ``(x_t, t) -> output``, with the condition bound and
+        classifier-free guidance of scale ``guidance`` (:mod:`~diffusion_course.guidance`; None: 1, the
+        plain conditional model). ``cond``/``null_cond``: a ready condition instead of ``class_labels``."""
+        from .guidance import ClassifierFreeGuidance, check_guidance_scale
 
-        return ClassifierFreeGuidance(self.model, {"tokens": tokens}, self.model.null_condition(1, self.device),
-                                      guidance, variance_type=self.diffusion.variance)
+        if guidance is not None:
+            guidance = check_guidance_scale(guidance)
+        if cond is None and class_labels is not None:
+            labels = torch.as_tensor(class_labels).reshape(-1)
+            cond, null_cond = self.conditions(labels.numel(), class_labels=labels)
+        if cond is None:
+            if guidance is not None:
+                if self.diffusion.conditioning == "none":
+                    raise ValueError("guidance needs a conditional model; this one was trained with conditioning "
+                                     "'none'")
+                what = "a prompt" if self.diffusion.conditioning == "text" else "class labels"
+                raise ValueError(f"guidance needs a condition to steer towards: give {what}")
+            return self.model
+        if null_cond is None:
+            raise ValueError("a condition needs its null condition (the unconditional input) for guidance")
+        scale = 1.0 if guidance is None else guidance
+        return ClassifierFreeGuidance(self.model, cond, null_cond, scale, variance_type=self.diffusion.variance)
+
+    def _sampling_args(self, sampler: str, steps: int, eta: float, spacing: str) -> dict:
+        return dict(sampler=sampler, steps=steps, eta=eta, spacing=spacing, prediction_type=self.diffusion.prediction,
+                    variance_type=self.diffusion.variance)
+
+    # -- generating and editing ----------------------------------------------------------------
 
     @torch.no_grad()
     def generate(
@@ -121,20 +178,27 @@ class DiffusionPipeline:
         batch_size: int = 256,
         progress: bool = False,
         callback=None,
+        class_labels=None,
         prompt: str | Sequence[str] | None = None,
         guidance: float | None = None,
+        cond: dict | None = None,
+        null_cond: dict | None = None,
     ) -> torch.Tensor:
         """``count`` images ``[count, C, H, W]`` in [-1, 1], on the CPU, drawn ``batch_size`` at a time.
 
-        ``prompt`` (text-conditioned models): one prompt for every image, or a list used in turn;
-        ``guidance``: the classifier-free guidance scale w for the prompt (None: the plain
-        conditional model). A text model without a prompt draws from its unconditional model.
+        ``class_labels``: one class id or one per image (a class-conditional model); ``prompt``: one
+        prompt for every image, or a list used in turn (a text-conditioned model; without one it
+        draws from its unconditional model); ``guidance``: the
+        classifier-free guidance scale w (None or 1: plain conditional; 0: unconditional; 2-5:
+        guided). ``cond``/``null_cond``: a ready condition with ``count`` (or 1) rows per tensor, for
+        other kinds of conditioning. Raises ValueError (one line) for a class out of range, labels or
+        guidance for an unconditional model, a negative scale, a prompt for a model that reads none.
         """
         if count < 1 or batch_size < 1:
             raise ValueError(f"count and batch_size must be positive, got {count} and {batch_size}")
-        tokens = None if prompt is None else self.prompt_tokens(prompt, count)
-        if guidance is not None and tokens is None:
-            raise ValueError("guidance needs a prompt to guide towards")
+        if cond is None:
+            cond, null_cond = self.conditions(count, class_labels=class_labels, prompt=prompt) or (None, None)
+        self.denoiser(guidance=guidance, cond=cond, null_cond=null_cond)  # check everything before sampling
         generator = torch.Generator(device=self.device).manual_seed(seed)
         schedule = self.schedule
         out = []
@@ -145,12 +209,12 @@ class DiffusionPipeline:
             bar = tqdm(total=count, desc="images", unit="img")
         for start in range(0, count, batch_size):
             n = min(batch_size, count - start)
-            model = self.denoiser() if tokens is None else self.text_denoiser(tokens[start : start + n], guidance)
+            model = self.denoiser(guidance=guidance, cond=_rows(cond, start, n, count),
+                                  null_cond=_rows(null_cond, start, n, count))
             images = sample(
-                model, schedule, (n, *self.image_shape), sampler=sampler, steps=steps, eta=eta,
-                spacing=spacing, generator=generator, prediction_type=self.diffusion.prediction,
-                variance_type=self.diffusion.variance, callback=callback,
+                model, schedule, (n, *self.image_shape), generator=generator, callback=callback,
                 progress=progress and bar is None, device=self.device,
+                **self._sampling_args(sampler, steps, eta, spacing),
             )
             out.append(images.cpu())
             if bar is not None:
@@ -158,6 +222,45 @@ class DiffusionPipeline:
         if bar is not None:
             bar.close()
         return torch.cat(out)
+
+    @torch.no_grad()
+    def edit(
+        self, images: torch.Tensor, t0: float = 0.5, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+        spacing: str = "trailing", seed: int = 0, class_labels=None, guidance: float | None = None,
+    ) -> torch.Tensor:
+        """SDEdit (:func:`~diffusion_course.sampling.sdedit`): ``images [B, C, H, W]`` in [-1, 1] noised to
+        ``t0`` (a fraction of T) and denoised, towards ``class_labels`` if given. On the CPU."""
+        from .sampling import sdedit
+
+        cond, null_cond = self.conditions(images.shape[0], class_labels=class_labels) or (None, None)
+        model = self.denoiser(guidance=guidance, cond=cond, null_cond=null_cond)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return sdedit(model, self.schedule, images.to(self.device), t0, generator=generator,
+                      **self._sampling_args(sampler, steps, eta, spacing)).cpu()
+
+    @torch.no_grad()
+    def inpaint(
+        self, images: torch.Tensor, mask: torch.Tensor, *, sampler: str = "ddpm", steps: int = 50, eta: float = 0.0,
+        spacing: str = "trailing", resample: int = 1, jump: int = 1, seed: int = 0, class_labels=None,
+        guidance: float | None = None,
+    ) -> torch.Tensor:
+        """RePaint inpainting (:func:`~diffusion_course.sampling.inpaint`): keep ``images`` where ``mask``
+        is 1, generate where it is 0, towards ``class_labels`` if given. On the CPU."""
+        from .sampling import inpaint
+
+        cond, null_cond = self.conditions(images.shape[0], class_labels=class_labels) or (None, None)
+        model = self.denoiser(guidance=guidance, cond=cond, null_cond=null_cond)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return inpaint(model, self.schedule, images.to(self.device), mask.to(self.device), resample=resample,
+                       jump=jump, generator=generator, **self._sampling_args(sampler, steps, eta, spacing)).cpu()
+
+
+def _rows(cond: dict | None, start: int, n: int, count: int) -> dict | None:
+    """Rows ``start .. start + n`` of every per-image tensor in ``cond`` (tensors of one row are shared)."""
+    if cond is None:
+        return None
+    return {key: value[start : start + n] if value.shape[0] == count and count != 1 else value
+            for key, value in cond.items()}
 
 
 __all__ = ["DiffusionPipeline"]

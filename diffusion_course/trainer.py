@@ -408,7 +408,7 @@ class Trainer:
 
         path = self.out / SAMPLES_DIR / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image_grid(images, path)
+        save_image_grid(images, path, nrow=getattr(self.objective, "preview_nrow", None))
         return path
 
     def _image_shape(self) -> tuple[int, int, int]:

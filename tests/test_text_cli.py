@@ -110,6 +110,9 @@ def test_unknown_words_warn_and_no_prompt_draws_unconditionally(text_run, tmp_pa
     (["--prompt", "a bag", "--guidance", "-1"], "--guidance must be a number >= 0"),
     (["--prompt", "a bag", "--guidance", "nan"], "--guidance must be a number >= 0"),
     (["--guidance", "3"], "--guidance needs --prompt"),
+    (["--guidance", "inf", "--prompt", "a bag"], "--guidance must be a number >= 0"),
+    (["--prompt", "a bag", "--class-id", "1"], "--prompt and --class-id cannot be combined"),
+    (["--class-id", "1"], "--class-id is for class-conditional models"),
 ])
 def test_bad_prompts_end_in_one_line_and_exit_code_2(text_run, tmp_path, capsys, extra, message):
     assert _sample(text_run / "checkpoint.pt", tmp_path, *extra) == 2

@@ -195,7 +195,7 @@ def test_the_pipeline_draws_from_prompts_with_and_without_guidance(tmp_path, gui
     assert torch.allclose(pipe.generate(3, prompt="an ankle boot", guidance=1.0, steps=3, seed=1), boots, atol=1e-5)
     with pytest.raises(ValueError, match="a prompt must be non-empty text"):
         pipe.generate(1, prompt=" ")
-    with pytest.raises(ValueError, match="guidance needs a prompt"):
+    with pytest.raises(ValueError, match="guidance needs a condition to steer towards: give a prompt"):
         pipe.generate(1, guidance=2.0)
 
 

@@ -10,6 +10,7 @@ Read the modules in this order:
 :mod:`.dpm_solver`  DPM-Solver++(2M): second order, 10-20 model calls
 :mod:`.loop`        :func:`sample`, the one entry point (and the legacy :func:`ddpm_sample`)
 :mod:`.inversion`   DDIM inversion (image -> noise) and slerp between noises
+:mod:`.editing`     SDEdit (edit a noised real image) and RePaint inpainting, with any sampler
 
 Example::
 
@@ -23,6 +24,7 @@ from .base import Sampler, alpha_bar_at
 from .ddim import DDIMSampler, ddim_sigma, ddim_step
 from .ddpm import DDPMSampler, ddpm_step
 from .dpm_solver import DPMSolverSampler, dpm_solver_2m_step, half_log_snr
+from .editing import inpaint, sdedit
 from .inversion import ddim_inversion_step, ddim_invert, slerp
 from .loop import SAMPLERS, Trajectory, ddpm_sample, make_sampler, run_sampler, sample
 from .spacing import SPACINGS, respace_betas, respace_schedule, respaced_timesteps, spaced_timesteps
@@ -44,12 +46,14 @@ __all__ = [
     "ddpm_step",
     "dpm_solver_2m_step",
     "half_log_snr",
+    "inpaint",
     "make_sampler",
     "respace_betas",
     "respace_schedule",
     "respaced_timesteps",
     "run_sampler",
     "sample",
+    "sdedit",
     "slerp",
     "spaced_timesteps",
 ]

@@ -78,9 +78,22 @@ class Sampler:
             f"prediction_type={self.prediction_type!r}, variance_type={self.variance_type!r}, clip_x0={self.clip_x0})"
         )
 
-    def set_timesteps(self, steps: int, spacing: str = "trailing") -> list[tuple[int, int]]:
-        """Choose the ``steps`` visited timesteps (see :mod:`.spacing`) and return the ``(t, t_prev)`` pairs."""
-        self.timesteps = spaced_timesteps(self.schedule.timesteps, steps, spacing)
+    def set_timesteps(self, steps: int, spacing: str = "trailing", start: int | None = None) -> list[tuple[int, int]]:
+        """Choose the ``steps`` visited timesteps (see :mod:`.spacing`) and return the ``(t, t_prev)`` pairs.
+
+        ``start``: run only the part of the chain below an intermediate timestep, spacing the steps
+        over ``[0, start]`` instead of ``[0, T-1]`` (SDEdit and inpainting start from a noised image;
+        :mod:`.editing`). ``steps`` must then be at most ``start + 1``.
+        """
+        span = self.schedule.timesteps
+        if start is not None:
+            if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < span:
+                raise ValueError(f"start must be a timestep in [0, {span - 1}], got {start!r}")
+            span = start + 1
+            if isinstance(steps, int) and not isinstance(steps, bool) and steps > span:
+                raise ValueError(f"steps must be at most {span} to start at t = {start} (one model call per "
+                                 f"visited timestep), got {steps}")
+        self.timesteps = spaced_timesteps(span, steps, spacing)
         ts = self.timesteps.tolist()
         self.pairs = list(zip(ts, ts[1:] + [-1], strict=True))
         self.reset()

@@ -87,8 +87,8 @@ class DDPMSampler(Sampler):
 
     name = "ddpm"
 
-    def set_timesteps(self, steps: int, spacing: str = "trailing") -> list[tuple[int, int]]:
-        pairs = super().set_timesteps(steps, spacing)
+    def set_timesteps(self, steps: int, spacing: str = "trailing", start: int | None = None) -> list[tuple[int, int]]:
+        pairs = super().set_timesteps(steps, spacing, start)
         full = len(self.timesteps) == self.schedule.timesteps
         # all T steps: the schedule itself (respacing would only add float64 rounding)
         self.chain = self.schedule if full else respace_schedule(self.schedule, self.timesteps)

@@ -107,6 +107,7 @@ def sample(
     callback: Callback | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
+    start: int | None = None,
 ) -> torch.Tensor:
     """Draw samples ``[B, C, H, W]`` from ``model`` with one of :data:`SAMPLERS`.
 
@@ -129,6 +130,10 @@ def sample(
         progress: show a tqdm bar.
         device: where to sample; defaults to ``x_T``'s device, else the model's parameters' (an
             ``nn.Module``), else the generator's, else the CPU.
+        start: run only the chain below this intermediate timestep (``steps`` spread over ``[0, start]``,
+            :meth:`Sampler.set_timesteps`); ``x_T`` is then required: the sample at the first visited
+            timestep (``start`` itself with ``trailing`` or ``linspace`` spacing). SDEdit and
+            inpainting (:mod:`.editing`) use it.
 
     Returns:
         The samples, float, on ``device`` (an ordinary tensor, though computed in inference mode).
@@ -141,7 +146,9 @@ def sample(
     stepper = make_sampler(
         sampler, schedule, eta=eta, prediction_type=prediction_type, variance_type=variance_type, clip_x0=clip_x0
     )
-    stepper.set_timesteps(steps, spacing)
+    stepper.set_timesteps(steps, spacing, start)
+    if start is not None and x_T is None:
+        raise ValueError(f"start={start} needs x_T, the sample at that timestep (e.g. a noised image, see sdedit)")
     shape = _check_shape(shape)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable as callback(i, t, x_t, x0_hat), got {callback!r}")

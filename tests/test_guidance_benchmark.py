@@ -1,0 +1,141 @@
+"""benchmarks/guidance.py in miniature: its pieces, and the whole sweep on tiny checkpoints and stand-in
+classifiers (the real run trains for 2 x 15 minutes; its numbers are printed, never asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_course.train import main as train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "guidance.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("guidance_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-runs")
+    common = ["--dataset", "fashion-mnist", "--limit", "32", "--batch-size", "8", "--timesteps", "100",
+              "--max-steps", "1", "--sample-every", "0", "--no-progress", "--device", "cpu"]
+    assert train([*common, "--conditioning", "class", "--out", str(root / "class")]) == 0
+    assert train([*common, "--out", str(root / "plain")]) == 0
+    return root / "class" / "checkpoint.pt", root / "plain" / "checkpoint.pt"
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, tmp_path):
+    """An untrained course classifier and noise-aware classifier: the path runs, the numbers mean nothing."""
+    from diffusion_course import features, guidance
+    from diffusion_course.classifier import ClassifierConfig, ImageClassifier
+
+    torch.manual_seed(0)
+    judge = features.ClassifierFeatures(ImageClassifier(ClassifierConfig()), "fashion-mnist", "stand-in", 0.5)
+    noisy = ImageClassifier(ClassifierConfig(time_conditioned=True, timesteps=100)).eval()
+    asked = {}
+
+    def fake_noise_aware(dataset, schedule, timesteps, **kwargs):
+        asked.update(dataset=dataset, schedule=schedule, timesteps=timesteps)
+        return noisy
+
+    monkeypatch.setattr(features, "course_classifier", lambda *a, **k: judge)
+    monkeypatch.setattr(features, "_cache_dir", lambda root: tmp_path / "features")
+    monkeypatch.setattr(guidance, "noise_aware_classifier", fake_noise_aware)
+    return asked
+
+
+def test_the_whole_sweep_runs_and_writes_its_table_json_and_grids(bench, checkpoints, stand_ins, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]), "--num-samples", "10",
+            "--steps", "2", "--scales", "0", "2", "--classifier-scales", "1", "--real", "16", "--batch-size", "4",
+            "--out", str(out)]
+    assert bench.main(args) == 0
+    printed = capsys.readouterr().out
+    names = ["CFG w=0", "CFG w=2", "unconditional model", "classifier guid. s=1"]
+    for name in names:
+        assert name in printed
+    assert "class accuracy" in printed and "at equal training time" in printed and "best guidance scale" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == names
+    assert all(r["num_samples"] == 10 for r in results["rows"])
+    assert results["rows"][2]["class_accuracy"] is None and results["rows"][0]["class_accuracy"] is not None
+    assert set(results["verdict"]) >= {"best", "accuracy_goal_met", "fid_goal_met"}
+    assert results["training"]["class"]["steps"] == 1
+    assert len(list(out.glob("grid_*.png"))) == 4
+    assert stand_ins == {"dataset": "fashion-mnist", "schedule": "linear", "timesteps": 100}  # the model's schedule
+
+
+def test_the_text_hook_adds_its_rows_to_the_table(bench, checkpoints, stand_ins, tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def text_rows(context):
+        seen.update(context)
+        return [{"name": "text (unseen words)", "fid": 1.0, "precision": 0.5, "recall": 0.5, "class_accuracy": 0.9,
+                 "seconds": 0.0}]
+
+    monkeypatch.setattr(bench, "text_rows", text_rows)
+    args = ["--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]), "--num-samples", "10",
+            "--steps", "1", "--scales", "1", "--classifier-scales", "--real", "16", "--out", str(tmp_path / "o")]
+    assert bench.main(args) == 0
+    assert "text (unseen words)" in capsys.readouterr().out
+    assert {"args", "labels", "extractor", "measure"} <= set(seen) and seen["labels"].tolist() == list(range(10))
+
+
+def test_balanced_labels_give_every_class_equally_often(bench):
+    labels = bench.balanced_labels(1000, 10)
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 100))
+    assert bench.balanced_labels(12, 10).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def _row(name, fid, acc):
+    return {"name": name, "fid": fid, "class_accuracy": acc}
+
+
+def test_the_best_scale_is_the_lowest_fid_that_reaches_the_accuracy_goal(bench):
+    rows = [_row("CFG w=1", 10.0, 0.80), _row("CFG w=3", 12.0, 0.96), _row("CFG w=5", 15.0, 0.99)]
+    verdict = bench.verdicts(rows, _row("unconditional model", 13.0, None))
+    assert verdict["best"] == "CFG w=3" and verdict["accuracy_goal_met"] and verdict["fid_goal_met"]
+    assert not bench.verdicts(rows, _row("unconditional model", 11.0, None))["fid_goal_met"]
+    short = [_row("CFG w=1", 10.0, 0.80), _row("CFG w=3", 12.0, 0.90), _row("classifier guid. s=1", 9.0, 0.99)]
+    verdict = bench.verdicts(short, _row("unconditional model", 20.0, None))
+    assert verdict["best"] == "CFG w=3" and not verdict["accuracy_goal_met"]  # the most accurate CFG row
+
+
+def test_quick_mode_shrinks_every_budget(bench):
+    args = bench.parse_args(["--quick"])
+    assert args.minutes <= 0.25 and args.num_samples <= 40 and args.steps <= 5 and args.limit == 2048
+    full = bench.parse_args([])
+    assert (full.minutes, full.num_samples, full.sampler, full.steps) == (15.0, 1000, "dpm-solver++", 20)
+    assert full.scales == [0.0, 1.0, 2.0, 3.0, 5.0]
+
+
+def test_bad_input_exits_2_before_any_training(bench, checkpoints, tmp_path, capsys):
+    occupied = tmp_path / "occupied"
+    (occupied / "class").mkdir(parents=True)
+    (occupied / "class" / "checkpoint.pt").write_bytes(b"precious")
+    cases = [
+        (["--num-samples", "5"], "--num-samples must be at least 10"),
+        (["--scales", "1", "-2"], "guidance scales must be numbers >= 0"),
+        (["--checkpoint", str(tmp_path / "missing.pt")], "no such file"),
+        (["--out", str(occupied)], "exists: reuse it with --checkpoint"),
+        (["--checkpoint", str(checkpoints[1]), "--uncond-checkpoint", str(checkpoints[1])],
+         "trained with conditioning 'none', this role needs 'class'"),
+    ]
+    for args, message in cases:
+        assert bench.main([*args, "--out", str(tmp_path / "o")] if "--out" not in args else args) == 2
+        assert message in capsys.readouterr().err, args
+    assert (occupied / "class" / "checkpoint.pt").read_bytes() == b"precious"
