@@ -10,12 +10,17 @@ UNet and a scheduler). It imports no training code, so generating never needs th
 
 Large requests are drawn in batches; the noise of each batch comes from one generator seeded
 once, so the same seed and batch size give the same images.
+
+A latent diffusion checkpoint (``DiffusionConfig.latent``) carries its autoencoder: the pipeline
+samples latents without clipping them and decodes them to images (:mod:`diffusion_course.latent`),
+so callers get images either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,13 +29,17 @@ from .checkpoint import load_model
 from .diffusion import DiffusionConfig
 from .sampling import sample
 
+if TYPE_CHECKING:
+    from .latent import LatentSpace
+
 
 @dataclass
 class DiffusionPipeline:
     """``model`` (in eval mode, on ``device``) with the ``diffusion`` setup it was trained with.
 
     ``image_shape`` is ``(C, H, W)`` of the training images; ``checkpoint`` the whole checkpoint
-    dictionary it came from, if any (its ``config`` and ``data_stats`` describe the run).
+    dictionary it came from, if any (its ``config`` and ``data_stats`` describe the run);
+    ``latent`` the :class:`~diffusion_course.latent.LatentSpace` that decodes a latent model's samples.
     """
 
     model: nn.Module
@@ -38,6 +47,11 @@ class DiffusionPipeline:
     image_shape: tuple[int, int, int]
     device: torch.device
     checkpoint: dict | None = None
+    latent: LatentSpace | None = None
+
+    def __post_init__(self) -> None:
+        if (self.diffusion.latent is None) != (self.latent is None):
+            raise ValueError("a latent diffusion model needs its LatentSpace (latent=) and a pixel model none")
 
     @classmethod
     def from_checkpoint(
@@ -46,16 +60,26 @@ class DiffusionPipeline:
         """Load a training checkpoint (its EMA weights by default). Raises
         :class:`~diffusion_course.checkpoint.CheckpointError` for a file that is not one."""
         model, diffusion, state = load_model(path, ema=ema, map_location="cpu")
+        device = torch.device(device)
+        if diffusion.latent is not None:
+            from .latent import LatentSpace
+
+            space = LatentSpace.from_checkpoint(state, where=str(path)).to(device)
+            return cls(model.to(device), diffusion, diffusion.latent.image_shape, device, state, space)
         cfg = model.config
         stats = state.get("data_stats") or {}
         size = int(stats.get("image_size") or cfg.image_size)
         shape = (int(stats.get("channels") or cfg.in_channels), size, size)
-        device = torch.device(device)
         return cls(model.to(device), diffusion, shape, device, state)
 
     @property
     def schedule(self):
         return self.diffusion.noise_schedule()
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of what the sampler draws: the images, or a latent model's latents."""
+        return self.diffusion.latent.shape if self.diffusion.latent is not None else self.image_shape
 
     def denoiser(self, class_labels: torch.Tensor | None = None):
         """The network as the samplers call it, ``(x_t, t) -> output``, with any conditioning bound."""
@@ -80,8 +104,12 @@ class DiffusionPipeline:
         batch_size: int = 256,
         progress: bool = False,
         callback=None,
+        decode: bool = True,
     ) -> torch.Tensor:
-        """``count`` images ``[count, C, H, W]`` in [-1, 1], on the CPU, drawn ``batch_size`` at a time."""
+        """``count`` images ``[count, C, H, W]`` in [-1, 1], on the CPU, drawn ``batch_size`` at a time.
+
+        A latent model's samples are decoded to images, unless ``decode=False`` (then: the scaled
+        latents ``[count, c, h, w]``; a ``callback`` always sees latents)."""
         if count < 1 or batch_size < 1:
             raise ValueError(f"count and batch_size must be positive, got {count} and {batch_size}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -95,11 +123,13 @@ class DiffusionPipeline:
         for start in range(0, count, batch_size):
             n = min(batch_size, count - start)
             images = sample(
-                self.denoiser(), schedule, (n, *self.image_shape), sampler=sampler, steps=steps, eta=eta,
+                self.denoiser(), schedule, (n, *self.sample_shape), sampler=sampler, steps=steps, eta=eta,
                 spacing=spacing, generator=generator, prediction_type=self.diffusion.prediction,
-                variance_type=self.diffusion.variance, callback=callback,
+                variance_type=self.diffusion.variance, clip_x0=self.diffusion.clip_x0, callback=callback,
                 progress=progress and bar is None, device=self.device,
             )
+            if self.latent is not None and decode:
+                images = self.latent.decode(images)
             out.append(images.cpu())
             if bar is not None:
                 bar.update(n)
