@@ -338,6 +338,7 @@ class AutoencoderRecipe:
     epochs: float = 5.0
     batch_size: int = 128
     lr: float = 1e-3
+    warmup_steps: int = 100
     kl_weight: float = DEFAULT_KL_WEIGHT
     reconstruction: str = "l1"
     seed: int = 0
@@ -379,7 +380,7 @@ def train_autoencoder(
     model = Autoencoder(autoencoder_config(recipe.dataset, images.shape[1], images.shape[-1], **recipe.overrides))
     config = TrainConfig(
         dataset=recipe.dataset, batch_size=min(recipe.batch_size, images.shape[0]), lr=recipe.lr,
-        epochs=recipe.epochs, warmup_steps=100, ema_decay=0.999, seed=recipe.seed, out=str(out),
+        epochs=recipe.epochs, warmup_steps=recipe.warmup_steps, ema_decay=0.999, seed=recipe.seed, out=str(out),
         sample_every=0, sample_count=16, checkpoint_every=0, log_every=50, num_workers=0,
         progress=progress, device=torch.device(device).type, hflip="off",
     )
