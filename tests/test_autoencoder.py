@@ -70,6 +70,33 @@ def test_padding_rule_rounds_the_side_up_to_a_multiple_of_f_times_latent_multipl
     assert AutoencoderConfig(image_size=64, channel_mults=(1, 2, 2, 4)).latent_shape == (4, 8, 8)
 
 
+class _Spy(torch.nn.Module):
+    """Records its input and returns a fixed output."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output, self.seen = output, None
+
+    def forward(self, x):
+        self.seen = x
+        return self.output
+
+
+def test_images_are_padded_with_their_edge_pixels_and_decoded_images_cropped_back():
+    model = tiny()
+    model.encoder = _Spy(torch.zeros(1, 8, 8, 8))
+    x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model.encode(x)
+    padded = model.encoder.seen
+    assert padded.shape == (1, 1, 32, 32)
+    torch.testing.assert_close(padded[..., 2:30, 2:30], x)  # centred
+    torch.testing.assert_close(padded[..., :2, 2:30], x[..., :1, :].expand(-1, -1, 2, -1))  # edge rows repeated
+    torch.testing.assert_close(padded[..., 2:30, 30:], x[..., :, -1:].expand(-1, -1, -1, 2))  # edge columns
+    pattern = torch.arange(32 * 32.0).reshape(1, 1, 32, 32)
+    model.decoder = _Spy(pattern)
+    torch.testing.assert_close(model.decode(torch.zeros(1, 4, 8, 8)), pattern[..., 2:30, 2:30])
+
+
 def test_bad_input_is_a_one_line_error_naming_the_shape():
     model = tiny()
     with pytest.raises(ValueError, match=r"images of shape \[B, 1, 28, 28\], got \(2, 3, 28, 28\)"):
