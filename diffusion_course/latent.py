@@ -13,8 +13,10 @@ The recipe, in the order it runs:
    the same way, on a batch of its training images.
 3. **Encode the dataset once** (:func:`dataset_latents`, cached too): the posterior *means*, scaled.
    Using the mean rather than a sample makes the latents a fixed dataset that the existing
-   :class:`~diffusion_course.batching.BatchStream` streams like images; with the small KL
-   weight the posterior's std is tiny next to the spread of the means, so little is lost.
+   :class:`~diffusion_course.batching.BatchStream` streams like images. The posterior's std is
+   small next to the spread of the means (about 0.17 against 1.2 after 3 epochs on 6,000
+   Fashion-MNIST images, and it shrinks with training), so the diffusion model sees the
+   centres of the posteriors rather than a slightly blurred cloud around them.
 4. **Train diffusion on latents**: the same objective and loop, wrapped by :class:`LatentObjective`,
    which records in the checkpoint what a sampler needs -- the :class:`~diffusion_course.diffusion.LatentConfig`
    in the ``DiffusionConfig`` and the autoencoder's weights themselves, so a checkpoint is
@@ -140,6 +142,12 @@ def cache_dir(root: Path | str | None = None) -> Path:
     return Path(root) if root is not None else default_data_root() / "autoencoders"
 
 
+def autoencoder_key(images: torch.Tensor, labels: torch.Tensor | None, recipe: AutoencoderRecipe) -> str:
+    """``vae-<dataset>-<fingerprint>``: names the cached autoencoder of these images and recipe
+    (its file is ``cache_dir(root) / f"{key}.pt"``)."""
+    return f"vae-{recipe.dataset}-{fingerprint(images, labels, recipe)}"
+
+
 def course_autoencoder(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -157,7 +165,7 @@ def course_autoencoder(
     encodes the images once, computes the scaling factor from them and caches those latents.
     """
     recipe = recipe or AutoencoderRecipe()
-    key = f"vae-{recipe.dataset}-{fingerprint(images, labels, recipe)}"
+    key = autoencoder_key(images, labels, recipe)
     path = cache_dir(root) / f"{key}.pt"
     if path.is_file():
         model, state = load_autoencoder(path)
@@ -287,6 +295,7 @@ __all__ = [
     "AutoencoderUnavailable",
     "LatentObjective",
     "LatentSpace",
+    "autoencoder_key",
     "cache_dir",
     "course_autoencoder",
     "dataset_latents",
