@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from diffusion_course import features
 from diffusion_course import latent as latent_module
 from diffusion_course.autoencoder import Autoencoder, AutoencoderRecipe, autoencoder_config
 from diffusion_course.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from diffusion_course.classifier import build_classifier
 from diffusion_course.data import load_tensors
 from diffusion_course.diffusion import DiffusionConfig, LatentConfig
+from diffusion_course.evaluate import main as evaluate_main
+from diffusion_course.features import ClassifierFeatures
 from diffusion_course.latent import (
     AutoencoderUnavailable,
     LatentObjective,
@@ -179,7 +185,9 @@ def test_latent_runs_never_flip_and_refuse_flips():
 # -- end to end through the command lines and the pipeline ----------------------------------------
 
 
-def test_a_latent_run_trains_and_samples_through_the_cli_and_the_pipeline(in_data_root, tmp_path, capsys):
+def test_a_latent_run_trains_samples_and_evaluates_through_the_clis_and_the_pipeline(
+    in_data_root, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     assert train_main([*QUICK, "--max-steps", "2", "--out", str(out), "--sample-every", "2", "--sample-count", "4",
                        "--sample-steps", "3"]) == 0
@@ -214,6 +222,23 @@ def test_a_latent_run_trains_and_samples_through_the_cli_and_the_pipeline(in_dat
     assert saved.shape == (3, 28, 28, 1)
     expected = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(saved, expected)
+
+    # evaluate scores decoded images (a small untrained classifier stands in for the course's)
+    seen = []
+
+    class Features(ClassifierFeatures):
+        def __call__(self, images, batch_size=500):
+            seen.append(images.shape)
+            return super().__call__(images, batch_size)
+
+    torch.manual_seed(0)
+    stand_in = Features(build_classifier("fashion-mnist", 1, 28, 10, widths=(8, 16)), "fashion-mnist", "stub", 0.1)
+    monkeypatch.setattr(features, "get_extractor", lambda *a, **k: stand_in)
+    report = tmp_path / "eval.json"
+    assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--num-samples", "6", "--steps", "2",
+                          "--real", "8", "--json", str(report), "--out", str(tmp_path / "e.png"), "--no-progress",
+                          "--device", "cpu"]) == 0
+    assert torch.Size([6, 1, 28, 28]) in seen and json.loads(report.read_text())["num_samples"] == 6
 
 
 def test_a_resumed_latent_run_is_bit_exact_with_a_straight_one(in_data_root, tmp_path, monkeypatch):
