@@ -281,3 +281,31 @@ def test_a_pipeline_refuses_a_latent_model_without_its_latent_space():
         DiffusionPipeline(model, latent, (1, 28, 28), torch.device("cpu"))
     with pytest.raises(ValueError, match="needs its LatentSpace"):
         DiffusionPipeline(model, DiffusionConfig(timesteps=10), (1, 28, 28), torch.device("cpu"), latent=tiny_space())
+
+
+def test_under_torchrun_rank_0_trains_and_encodes_while_the_others_wait_and_read_the_cache(
+    fashion, in_data_root, monkeypatch
+):
+    import torch.distributed as dist
+
+    from diffusion_course.distributed import DistInfo
+
+    images, labels = fashion
+    config = TrainConfig(dataset="fashion-mnist", latent=True, vae_epochs=1)
+    events = []
+    monkeypatch.setattr(dist, "barrier", lambda: events.append("barrier"))
+    real_train = latent_module.train_autoencoder
+    monkeypatch.setattr(latent_module, "train_autoencoder",
+                        lambda *a, **k: events.append("train") or real_train(*a, **k))
+
+    (z0, _), stats, space0 = latent_module.latent_training_data(config, (images, labels), {}, info=DistInfo(0, 2),
+                                                                progress=False)
+    assert events == ["train", "barrier"]  # rank 0 fills the cache, then lets the others go
+    events.clear()
+    (z1, _), _, space1 = latent_module.latent_training_data(config, (images, labels), {}, info=DistInfo(1, 2),
+                                                            progress=False)
+    assert events == ["barrier"]  # rank 1 waits first, then only reads
+    torch.testing.assert_close(z1, z0)
+    assert space1.key == space0.key and stats["latent"]["shape"] == [4, 8, 8]
+    with pytest.raises(ValueError, match="needs a dataset that fits in memory"):
+        latent_module.latent_training_data(config, torch.utils.data.TensorDataset(images), {})
