@@ -307,5 +307,8 @@ def test_under_torchrun_rank_0_trains_and_encodes_while_the_others_wait_and_read
     assert events == ["barrier"]  # rank 1 waits first, then only reads
     torch.testing.assert_close(z1, z0)
     assert space1.key == space0.key and stats["latent"]["shape"] == [4, 8, 8]
+    other = TrainConfig(dataset="fashion-mnist", latent=True, vae_epochs=2)  # nothing cached: never trains itself
+    with pytest.raises(AutoencoderUnavailable):
+        latent_module.latent_training_data(other, (images, labels), {}, info=DistInfo(1, 2), progress=False)
     with pytest.raises(ValueError, match="needs a dataset that fits in memory"):
         latent_module.latent_training_data(config, torch.utils.data.TensorDataset(images), {})
