@@ -27,9 +27,15 @@ little blur). ``reconstruction="mse"`` is there for comparison.
 Why a **small beta** (default 1e-4): the KL term only has to keep the latent space tame
 (roughly centred, no arbitrarily large values, no holes) so that diffusion can model it;
 a large beta (beta = 1 is the plain VAE) squeezes information out of the latents and blurs the
-reconstructions. The paper uses 1e-6 on sums of the same kind with much larger images. The
-latents' overall scale is then arbitrary, which is why diffusion works on latents divided by
-their standard deviation (:func:`diffusion_course.latent.latent_scaling_factor`).
+reconstructions. The paper uses 1e-6 on sums of the same kind with much larger images. In a
+short test (3 epochs on 6,000 Fashion-MNIST images) beta = 1e-6, 1e-4 and 1e-2 gave the same
+test PSNR, 18.0 dB; 1e-2 gave the most centred latents. The latents' overall scale is
+arbitrary, which is why diffusion works on latents divided by their standard deviation
+(:func:`diffusion_course.latent.latent_scaling_factor`).
+
+Training (:class:`AutoencoderRecipe`): 5 epochs, AdamW at 1e-3 by the course's loop. On 6,000
+Fashion-MNIST images, 8 epochs (370 steps) reach 21.5 dB test PSNR and the loss is still
+falling; the default recipe on all 60,000 images takes 2,300 steps.
 
 Sizes. The encoder halves the resolution ``len(channel_mults) - 1`` times (``f = 4`` for
 Fashion-MNIST). The U-Net that models the latents halves them again (the ``tiny`` and

@@ -14,9 +14,9 @@ The recipe, in the order it runs:
 3. **Encode the dataset once** (:func:`dataset_latents`, cached too): the posterior *means*, scaled.
    Using the mean rather than a sample makes the latents a fixed dataset that the existing
    :class:`~diffusion_course.batching.BatchStream` streams like images. The posterior's std is
-   small next to the spread of the means (about 0.17 against 1.2 after 3 epochs on 6,000
-   Fashion-MNIST images, and it shrinks with training), so the diffusion model sees the
-   centres of the posteriors rather than a slightly blurred cloud around them.
+   small next to the spread of the means and shrinks with training (on 6,000 Fashion-MNIST
+   images: 0.17 against 1.2 after 140 steps, 0.04 against 1.3 after 370), so the diffusion model
+   sees the centres of the posteriors rather than a slightly blurred cloud around them.
 4. **Train diffusion on latents**: the same objective and loop, wrapped by :class:`LatentObjective`,
    which records in the checkpoint what a sampler needs -- the :class:`~diffusion_course.diffusion.LatentConfig`
    in the ``DiffusionConfig`` and the autoencoder's weights themselves, so a checkpoint is
