@@ -289,6 +289,41 @@ CONDITIONINGS = ("none", "class", "text")
 
 
 @dataclass(frozen=True)
+class LatentConfig:
+    """Where a latent diffusion model's samples live (Rombach et al. 2022, "Latent Diffusion", sec. 3).
+
+    The network denoises ``z = scaling_factor * mean(E(x))``, the autoencoder's latents scaled to
+    unit variance, instead of pixels; an image is ``D(z / scaling_factor)``. The autoencoder's
+    weights travel in the same checkpoint (its ``"autoencoder"`` entry), so a latent checkpoint
+    samples on any machine (see :mod:`diffusion_course.latent`).
+
+    Attributes:
+        shape: ``(c, h, w)`` of the latents the network samples, e.g. ``(4, 8, 8)``.
+        image_shape: ``(C, H, W)`` of the decoded images, e.g. ``(1, 28, 28)``.
+        scaling_factor: 1 / std of the training latents (Stable Diffusion's is 0.18215).
+        autoencoder: the autoencoder's cache key (which VAE, trained on what), for the record.
+    """
+
+    shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int]
+    scaling_factor: float
+    autoencoder: str = ""
+
+    def __post_init__(self) -> None:
+        from .validation import check_positive
+
+        for name in ("shape", "image_shape"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or len(value) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+            ):
+                raise ValueError(f"latent {name} must be three positive integers (C, H, W), got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        check_positive("latent scaling_factor", self.scaling_factor)
+        object.__setattr__(self, "scaling_factor", float(self.scaling_factor))
+
+
+@dataclass(frozen=True)
 class DiffusionConfig:
     """Everything about a diffusion model except its network: saved in every checkpoint.
 
@@ -305,6 +340,8 @@ class DiffusionConfig:
             ``learned`` model outputs ``2 C`` channels.
         conditioning: ``none``, ``class`` or ``text`` (:data:`CONDITIONINGS`).
         num_classes: the number of classes of a class-conditional model (else None).
+        latent: for a latent diffusion model, where its samples live and how to decode them
+            (:class:`LatentConfig`); None for a model of pixels.
     """
 
     schedule: str = "linear"
@@ -313,6 +350,7 @@ class DiffusionConfig:
     variance: str = "fixed_small"
     conditioning: str = "none"
     num_classes: int | None = None
+    latent: LatentConfig | None = None
 
     def __post_init__(self) -> None:
         from .validation import check_choice, check_int
@@ -326,6 +364,20 @@ class DiffusionConfig:
             check_int("num_classes", self.num_classes, minimum=2)
         elif self.num_classes is not None:
             raise ValueError(f"num_classes is only for conditioning='class', got conditioning={self.conditioning!r}")
+        if isinstance(self.latent, dict):
+            known = {f.name for f in fields(LatentConfig)}
+            if set(self.latent) - known or {"shape", "image_shape", "scaling_factor"} - set(self.latent):
+                raise ValueError(f"latent needs the keys shape, image_shape, scaling_factor (and optionally "
+                                 f"autoencoder), got {sorted(self.latent)}")
+            object.__setattr__(self, "latent", LatentConfig(**self.latent))
+        elif self.latent is not None and not isinstance(self.latent, LatentConfig):
+            raise ValueError(f"latent must be a LatentConfig, its dict, or None, got {type(self.latent).__name__}")
+
+    @property
+    def clip_x0(self) -> bool:
+        """Whether samplers clamp their x0 estimates to [-1, 1]: yes for images, never for latents
+        (scaled latents have unit variance, so values beyond +-1 are common and meaningful)."""
+        return self.latent is None
 
     @property
     def learns_variance(self) -> bool:
@@ -345,7 +397,8 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DiffusionConfig:
-        """Rebuild from :meth:`to_dict`'s output; unknown keys are an error."""
+        """Rebuild from :meth:`to_dict`'s output; unknown keys are an error. Fields added since
+        a dict was written (``latent``) take their defaults."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

@@ -488,12 +488,12 @@ class DiffusionObjective:
         DDPM ancestral sampling with ``min(steps, T)`` respaced steps (None: all T), so a run's
         preview setting works for any T. A class-conditional model draws the classes
         ``0, 1, 2, ...`` in turn, so a grid shows every class; a text-conditioned one gets the
-        first caption of each class in turn.
+        first caption of each class in turn. A latent model's samples are latents, neither
+        clipped nor clamped (``DiffusionConfig.clip_x0``); its wrapper decodes them.
         """
-        from .sampling import ddpm_sample
+        from .sampling import sample
 
-        if steps is not None:
-            steps = min(steps, self.schedule.timesteps)
+        steps = self.schedule.timesteps if steps is None else min(steps, self.schedule.timesteps)
         labels = None
         if self.diffusion.conditioning == "class":
             labels = torch.arange(shape[0], device=generator.device) % self.diffusion.num_classes
@@ -504,11 +504,13 @@ class DiffusionObjective:
         def denoiser(x, t):
             return model(x, t, **self.model_inputs(labels))
 
-        return ddpm_sample(
-            denoiser, self.schedule, shape, generator=generator, steps=steps,
-            prediction_type=self.diffusion.prediction, variance_type=self.diffusion.variance,
+        clip = self.diffusion.clip_x0
+        x = sample(  # = ddpm_sample, without its final clamp for latents
+            denoiser, self.schedule, shape, sampler="ddpm", steps=steps, spacing="linspace", generator=generator,
+            prediction_type=self.diffusion.prediction, variance_type=self.diffusion.variance, clip_x0=clip,
             device=generator.device,
         )
+        return x.clamp(-1.0, 1.0) if clip else x
 
 
 @torch.no_grad()

@@ -18,6 +18,10 @@ kinds of conditioning extend it (or pass ``cond``/``null_cond`` directly).
 
 Large requests are drawn in batches; the noise of each batch comes from one generator seeded
 once, so the same seed and batch size give the same images.
+
+A latent diffusion checkpoint (``DiffusionConfig.latent``) carries its autoencoder: the pipeline
+samples latents without clipping them and decodes them to images (:mod:`diffusion_course.latent`),
+so callers get images either way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,13 +38,17 @@ from .checkpoint import load_model
 from .diffusion import DiffusionConfig
 from .sampling import sample
 
+if TYPE_CHECKING:
+    from .latent import LatentSpace
+
 
 @dataclass
 class DiffusionPipeline:
     """``model`` (in eval mode, on ``device``) with the ``diffusion`` setup it was trained with.
 
     ``image_shape`` is ``(C, H, W)`` of the training images; ``checkpoint`` the whole checkpoint
-    dictionary it came from, if any (its ``config`` and ``data_stats`` describe the run).
+    dictionary it came from, if any (its ``config`` and ``data_stats`` describe the run);
+    ``latent`` the :class:`~diffusion_course.latent.LatentSpace` that decodes a latent model's samples.
     """
 
     model: nn.Module
@@ -47,6 +56,11 @@ class DiffusionPipeline:
     image_shape: tuple[int, int, int]
     device: torch.device
     checkpoint: dict | None = None
+    latent: LatentSpace | None = None
+
+    def __post_init__(self) -> None:
+        if (self.diffusion.latent is None) != (self.latent is None):
+            raise ValueError("a latent diffusion model needs its LatentSpace (latent=) and a pixel model none")
 
     @classmethod
     def from_checkpoint(
@@ -55,16 +69,26 @@ class DiffusionPipeline:
         """Load a training checkpoint (its EMA weights by default). Raises
         :class:`~diffusion_course.checkpoint.CheckpointError` for a file that is not one."""
         model, diffusion, state = load_model(path, ema=ema, map_location="cpu")
+        device = torch.device(device)
+        if diffusion.latent is not None:
+            from .latent import LatentSpace
+
+            space = LatentSpace.from_checkpoint(state, where=str(path)).to(device)
+            return cls(model.to(device), diffusion, diffusion.latent.image_shape, device, state, space)
         cfg = model.config
         stats = state.get("data_stats") or {}
         size = int(stats.get("image_size") or cfg.image_size)
         shape = (int(stats.get("channels") or cfg.in_channels), size, size)
-        device = torch.device(device)
         return cls(model.to(device), diffusion, shape, device, state)
 
     @property
     def schedule(self):
         return self.diffusion.noise_schedule()
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of what the sampler draws: the images, or a latent model's latents."""
+        return self.diffusion.latent.shape if self.diffusion.latent is not None else self.image_shape
 
     # -- conditions ----------------------------------------------------------------------------
 
@@ -161,7 +185,7 @@ class DiffusionPipeline:
 
     def _sampling_args(self, sampler: str, steps: int, eta: float, spacing: str) -> dict:
         return dict(sampler=sampler, steps=steps, eta=eta, spacing=spacing, prediction_type=self.diffusion.prediction,
-                    variance_type=self.diffusion.variance)
+                    variance_type=self.diffusion.variance, clip_x0=self.diffusion.clip_x0)
 
     # -- generating and editing ----------------------------------------------------------------
 
@@ -183,6 +207,7 @@ class DiffusionPipeline:
         guidance: float | None = None,
         cond: dict | None = None,
         null_cond: dict | None = None,
+        decode: bool = True,
     ) -> torch.Tensor:
         """``count`` images ``[count, C, H, W]`` in [-1, 1], on the CPU, drawn ``batch_size`` at a time.
 
@@ -193,6 +218,9 @@ class DiffusionPipeline:
         guided). ``cond``/``null_cond``: a ready condition with ``count`` (or 1) rows per tensor, for
         other kinds of conditioning. Raises ValueError (one line) for a class out of range, labels or
         guidance for an unconditional model, a negative scale, a prompt for a model that reads none.
+
+        A latent model's samples are decoded to images, unless ``decode=False`` (then: the scaled
+        latents ``[count, c, h, w]``; a ``callback`` always sees latents).
         """
         if count < 1 or batch_size < 1:
             raise ValueError(f"count and batch_size must be positive, got {count} and {batch_size}")
@@ -212,10 +240,12 @@ class DiffusionPipeline:
             model = self.denoiser(guidance=guidance, cond=_rows(cond, start, n, count),
                                   null_cond=_rows(null_cond, start, n, count))
             images = sample(
-                model, schedule, (n, *self.image_shape), generator=generator, callback=callback,
+                model, schedule, (n, *self.sample_shape), generator=generator, callback=callback,
                 progress=progress and bar is None, device=self.device,
                 **self._sampling_args(sampler, steps, eta, spacing),
             )
+            if self.latent is not None and decode:
+                images = self.latent.decode(images)
             out.append(images.cpu())
             if bar is not None:
                 bar.update(n)
@@ -229,14 +259,23 @@ class DiffusionPipeline:
         spacing: str = "trailing", seed: int = 0, class_labels=None, guidance: float | None = None,
     ) -> torch.Tensor:
         """SDEdit (:func:`~diffusion_course.sampling.sdedit`): ``images [B, C, H, W]`` in [-1, 1] noised to
-        ``t0`` (a fraction of T) and denoised, towards ``class_labels`` if given. On the CPU."""
+        ``t0`` (a fraction of T) and denoised, towards ``class_labels`` if given. On the CPU.
+        A latent model edits the images' latents (encoded, edited, decoded)."""
         from .sampling import sdedit
 
         cond, null_cond = self.conditions(images.shape[0], class_labels=class_labels) or (None, None)
         model = self.denoiser(guidance=guidance, cond=cond, null_cond=null_cond)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return sdedit(model, self.schedule, images.to(self.device), t0, generator=generator,
-                      **self._sampling_args(sampler, steps, eta, spacing)).cpu()
+        x = images.to(self.device)
+        if self.latent is not None:
+            x = self.latent.encode(x)
+        out = sdedit(model, self.schedule, x, t0, generator=generator,
+                     **self._sampling_args(sampler, steps, eta, spacing))
+        if self.latent is not None and t0 > 0:
+            out = self.latent.decode(out)
+        elif self.latent is not None:
+            out = images  # t0 = 0 keeps the images themselves, not their reconstruction
+        return out.cpu()
 
     @torch.no_grad()
     def inpaint(
@@ -245,8 +284,12 @@ class DiffusionPipeline:
         guidance: float | None = None,
     ) -> torch.Tensor:
         """RePaint inpainting (:func:`~diffusion_course.sampling.inpaint`): keep ``images`` where ``mask``
-        is 1, generate where it is 0, towards ``class_labels`` if given. On the CPU."""
+        is 1, generate where it is 0, towards ``class_labels`` if given. On the CPU. Pixel models only."""
         from .sampling import inpaint
+
+        if self.latent is not None:
+            raise ValueError("inpainting needs a pixel-space model: a latent model cannot keep pixels exactly "
+                             "(a pixel mask has no exact counterpart among the latents)")
 
         cond, null_cond = self.conditions(images.shape[0], class_labels=class_labels) or (None, None)
         model = self.denoiser(guidance=guidance, cond=cond, null_cond=null_cond)

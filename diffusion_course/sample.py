@@ -246,8 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .viz import save_image_grid
 
     d = pipe.diffusion
+    space = f", in a {'x'.join(map(str, d.latent.shape))} latent space" if d.latent is not None else ""
     print(f"{PROG}: {args.num_samples} images from {args.checkpoint} ({d.schedule} schedule, T={d.timesteps}, "
-          f"predicts {d.prediction}) with {args.sampler}, {args.steps} steps, seed {args.seed}"
+          f"predicts {d.prediction}{space}) with {args.sampler}, {args.steps} steps, seed {args.seed}"
           f"{describe_condition(args, pipe)}", file=sys.stderr)
     try:
         images = pipe.generate(

@@ -169,10 +169,20 @@ def check_model_fits(config: TrainConfig, image_size: int) -> None:
     """Refuse an image size the U-Net preset cannot take (before loading every image)."""
     from .unet import get_config
 
+    what = "latents" if config.latent else "images"
     try:
         get_config(config.model, image_size=image_size)
     except ValueError as err:
-        raise UsageError(f"--model {config.model} cannot take {image_size}x{image_size} images: {err}") from err
+        raise UsageError(f"--model {config.model} cannot take {image_size}x{image_size} {what}: {err}") from err
+
+
+def _model_side(config: TrainConfig, channels: int, image_size: int) -> int:
+    """The side of what the U-Net sees: the images, or with ``--latent`` their latents."""
+    if not config.latent:
+        return image_size
+    from .autoencoder import autoencoder_config
+
+    return autoencoder_config(config.dataset, channels, image_size).latent_size
 
 
 # ---------------------------------------------------------------------------
@@ -234,13 +244,24 @@ def build_trainer(config: TrainConfig, state: dict | None, device: torch.device,
 
     # the checks that need the data's shape come before loading every image
     probe = load_dataset(config.dataset, train=True, image_size=config.image_size, data_dir=config.data_dir)
-    check_model_fits(config, probe.image_size)
+    check_model_fits(config, _model_side(config, probe.channels, probe.image_size))
 
     source, stats = load_training_data(config, device, progress=main_rank)
+    channels, side, space = stats["channels"], stats["image_size"], None
+    if config.latent:  # the same run on the latents of a VAE (trained once and cached)
+        from .latent import latent_training_data
+
+        source, stats, space = latent_training_data(config, source, stats, state=state, device=device, info=info,
+                                                    progress=main_rank)
+        channels, side = space.shape[0], space.shape[1]
     num_classes = len(stats["classes"]) if stats.get("classes") else None
     seed_everything(config.seed)  # identical initial weights on every rank
-    model = build_model(config, stats["channels"], stats["image_size"], num_classes, stats.get("classes"))
+    model = build_model(config, channels, side, num_classes, stats.get("classes"))
     objective = build_objective(config, num_classes, model)
+    if space is not None:
+        from .latent import LatentObjective
+
+        objective = LatentObjective(objective, space)
     trainer = Trainer(config, model, source, objective=objective, device=device, data_stats=stats, info=info)
     if state is not None:
         trainer.load_state(state)
@@ -253,7 +274,8 @@ def build_trainer(config: TrainConfig, state: dict | None, device: torch.device,
             f"derived: device={device} processes={trainer.info.world_size} "
             f"images/step={trainer.images_per_step} images={stats['count']} "
             f"shape={stats['channels']}x{stats['image_size']}x{stats['image_size']} "
-            f"hflip={resolve_hflip(config)} batches/epoch={trainer.stream.batches_per_epoch} "
+            + (f"latents={'x'.join(map(str, space.shape))} scale={space.scaling_factor:.4f} " if space else "")
+            + f"hflip={resolve_hflip(config)} batches/epoch={trainer.stream.batches_per_epoch} "
             f"total_steps={trainer.total_steps()} params={n_params:,}"
             + (f" resumed_at_step={trainer.step}" if state is not None else "")
         )

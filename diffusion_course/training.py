@@ -106,6 +106,9 @@ class TrainConfig:
     grad_checkpoint: bool = _setting(False, "recompute activations to save memory", group="model")
     channels_last: bool = _setting(False, "NHWC memory format (faster on GPUs)", group="model")
     compile: bool = _setting(False, "torch.compile the model", group="model")
+    latent: bool = _setting(False, "latent diffusion: train on the latents of a VAE (trained once per dataset "
+                            "and cached under data/autoencoders; Rombach et al. 2022)", group="model")
+    vae_epochs: float = _setting(5.0, "epochs of the VAE's one-off training (with --latent)", group="model")
     # optimisation
     batch_size: int = _setting(128, "images per process per forward pass", group="optimisation")
     grad_accum: int = _setting(1, "micro-batches per optimizer step", group="optimisation")
@@ -162,6 +165,10 @@ class TrainConfig:
                 check_choice(f.name, getattr(self, f.name), f.metadata["choices"])
         if self.dataset == "mnist" and self.hflip == "on":
             raise ValueError("hflip='on' is not allowed for mnist: a mirrored digit is not a digit")
+        if self.latent and self.hflip == "on":
+            raise ValueError("hflip='on' does not work with latent: the latents are encoded once, and a mirrored "
+                             "latent is not the latent of the mirrored image; use --hflip auto or off")
+        check_positive("vae_epochs", self.vae_epochs)
         for name in ("batch_size", "grad_accum", "sample_count", "log_every"):
             check_int(name, getattr(self, name))
         check_int("timesteps", self.timesteps, minimum=2)
@@ -193,7 +200,10 @@ class TrainConfig:
 
 
 def resolve_hflip(config: TrainConfig) -> bool:
-    """The flip decision for ``config``: ``auto`` asks the data layer (:func:`~diffusion_course.data.default_hflip`)."""
+    """The flip decision for ``config``: ``auto`` asks the data layer (:func:`~diffusion_course.data.default_hflip`);
+    a latent run never flips (its latents are encoded once)."""
+    if config.latent:
+        return False
     if config.hflip == "auto":
         return default_hflip(config.dataset)
     return config.hflip == "on"

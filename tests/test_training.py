@@ -273,7 +273,8 @@ def test_checkpoint_holds_everything_as_plain_data(tmp_path):
     assert _same_params(model, trainer.ema.module) and not model.training
     assert diffusion == trainer.objective.diffusion
     assert diffusion.to_dict() == {"schedule": "linear", "timesteps": 100, "prediction": "eps",
-                                   "variance": "fixed_small", "conditioning": "none", "num_classes": None}
+                                   "variance": "fixed_small", "conditioning": "none", "num_classes": None,
+                                   "latent": None}
 
 
 def test_metrics_log_and_sample_grid(tmp_path):
