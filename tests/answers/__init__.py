@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import forward_diffusion, unet
+from . import forward_diffusion, sampling, unet
 
 
 @dataclass(frozen=True)
@@ -42,4 +42,5 @@ def specs() -> dict[str, list[Exercise]]:
     return {
         "01_forward_diffusion": forward_diffusion.exercises(Exercise, Answer),
         "02_unet": unet.exercises(Exercise, Answer),
+        "04_sampling": sampling.exercises(Exercise, Answer),
     }
