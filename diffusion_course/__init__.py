@@ -17,7 +17,11 @@ Phase 3, training
     order and DDP).
 Phase 4, sampling
     :mod:`~diffusion_course.sampling` (one ``sample()`` over DDPM, DDIM and DPM-Solver++(2M); timestep
-    spacings; DDIM inversion and slerp).
+    spacings; DDIM inversion and slerp), :mod:`~diffusion_course.pipeline` (a checkpoint ready to
+    generate), :mod:`~diffusion_course.pretrained` (notebook 03's model, or a short training),
+    :mod:`~diffusion_course.metrics`, :mod:`~diffusion_course.features` and
+    :mod:`~diffusion_course.evaluation` (FID, KID and friends on the course classifier's features),
+    :mod:`~diffusion_course.sampler_comparison` (quality against steps, for the benchmark and notebook 04).
 Around them
     :mod:`~diffusion_course.data` (datasets in [-1, 1], offline first), :mod:`~diffusion_course.viz`
     and :mod:`~diffusion_course.widgets` (pictures and sliders), :mod:`~diffusion_course.checks`

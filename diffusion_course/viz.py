@@ -609,3 +609,37 @@ def show_token_attention(image: torch.Tensor, maps: torch.Tensor, words: Sequenc
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------
+# Samplers compared
+# ---------------------------------------------------------------------------
+
+
+def plot_quality_vs_steps(rows: Sequence, reference: str | None = None) -> Figure:
+    """FID against model calls (left) and against wall-clock seconds (right), one line per sampler.
+
+    Args:
+        rows: :class:`~diffusion_course.sampler_comparison.SamplerRow` objects (or anything with
+            ``sampler``, ``steps``, ``seconds`` and ``fid``), e.g. a benchmark table.
+        reference: a title note, e.g. where the numbers come from.
+
+    Returns:
+        A figure with two axes; each sampler is one line (label: the sampler's name) with a point per row.
+    """
+    fig, (ax_steps, ax_time) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in dict.fromkeys(r.sampler for r in rows):
+        mine = sorted((r for r in rows if r.sampler == name), key=lambda r: r.steps)
+        ax_steps.plot([r.steps for r in mine], [r.fid for r in mine], "o-", label=name)
+        ax_time.plot([r.seconds for r in mine], [r.fid for r in mine], "o-", label=name)
+        for r in mine:
+            ax_time.annotate(str(r.steps), (r.seconds, r.fid), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax_steps.set(xscale="log", xlabel="model calls (steps)", ylabel="FID (course features)", title="quality vs steps")
+    ax_time.set(xscale="log", xlabel="seconds for the whole set", title="quality vs time (labels: steps)")
+    for ax in (ax_steps, ax_time):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    if reference:
+        fig.suptitle(reference, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -208,3 +208,69 @@ def _same_length(schedules: Sequence[NoiseSchedule]) -> None:
     lengths = sorted({s.timesteps for s in schedules})
     if len(lengths) > 1:
         raise ValueError(f"schedules to compare must have the same number of steps, got {lengths}")
+
+
+# ---------------------------------------------------------------------------
+# The step scrubber: a recorded sampling run, step by step
+# ---------------------------------------------------------------------------
+
+
+def trajectory_frame(trajectory, k: int, image: int = 0) -> Figure:
+    """Step ``k`` of a recorded sampling run: what the model saw and what it predicted, for one image.
+
+    Args:
+        trajectory: a :class:`~diffusion_course.sampling.Trajectory` filled by ``sample(..., callback=...)``
+            (its ``ts``, ``xs`` and ``x0s``; ``xs[k]`` and ``x0s[k]`` are ``[b, C, H, W]``).
+        k: the recorded step, ``0 <= k < len(trajectory)`` (0: the first, noisiest step).
+        image: which of the recorded images to show.
+
+    Returns:
+        A figure with three axes: ``axes[0]`` x_t at step k, ``axes[1]`` the x0 estimate x̂0 made from it
+        (image arrays mapped to [0, 1]), ``axes[2]`` the recorded timesteps against the step number with
+        a red marker at step k.
+    """
+    k = int(k)
+    if not 0 <= k < len(trajectory):
+        raise ValueError(f"step k must be in [0, {len(trajectory) - 1}], got {k}")
+    t = trajectory.ts[k]
+    fig, (ax_x, ax_x0, ax_t) = plt.subplots(1, 3, figsize=(8, 2.8), width_ratios=[1, 1, 1.4])
+    panels = ((ax_x, trajectory.xs, f"x_t at t = {t}"), (ax_x0, trajectory.x0s, "x̂0 predicted from it"))
+    for ax, images, title in panels:
+        _show(ax, to_display(images[k][image]))
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    ax_t.plot(range(len(trajectory)), trajectory.ts, ".-", lw=0.8, ms=3)
+    ax_t.plot([k], [t], "o", color="red")
+    ax_t.set(xlabel="recorded step", ylabel="t", title=f"step {k + 1} of {len(trajectory)} recorded")
+    ax_t.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def step_scrubber(trajectory, image: int = 0) -> widgets.interactive:
+    """A slider over the recorded steps of a sampling run that shows x_t and x̂0 at each.
+
+    Args:
+        trajectory: a filled :class:`~diffusion_course.sampling.Trajectory` (at least one step).
+        image: which recorded image to show.
+
+    Returns:
+        An ``ipywidgets.interactive``: ``.children[0]`` is the step slider (an ``IntSlider`` from 0 to
+        ``len(trajectory) - 1``), ``.result`` the last figure drawn by :func:`trajectory_frame`, which
+        is also displayed each time the slider moves.
+    """
+    if len(trajectory) == 0:
+        raise ValueError("the trajectory is empty: pass it to sample(..., callback=trajectory) first")
+    count = trajectory.xs[0].shape[0]
+    if not 0 <= image < count:
+        raise ValueError(f"image must be in [0, {count - 1}] (the trajectory kept {count} images), got {image}")
+    slider = widgets.IntSlider(value=0, min=0, max=len(trajectory) - 1, step=1, description="step",
+                               continuous_update=False)
+
+    def show(step: int) -> Figure:
+        fig = trajectory_frame(trajectory, step, image)
+        display(fig)  # widgets.interactive does not display what the callback returns
+        return fig
+
+    return widgets.interactive(show, step=slider)

@@ -10,7 +10,8 @@ the same answers; :func:`assert_own_work` fails an answer that calls the package
 version of the function it was asked to write, and every check says so too.
 
 Every check returns a :class:`CheckResult`, true when everything passed.
-One submodule per phase: ``forward`` (Phase 1), ``unet`` (Phase 2), ``training`` (Phase 3).
+One submodule per phase: ``forward`` (Phase 1), ``unet`` (Phase 2), ``training`` (Phase 3),
+``sampling`` (Phase 4).
 """
 
 from ._core import CheckResult, assert_close, assert_own_work
@@ -21,6 +22,7 @@ from .forward import (
     check_q_sample,
     check_q_sample_fixed,
 )
+from .sampling import check_ddim_step, check_ddpm_step, check_fid_from_features, check_respace_betas
 from .training import check_ema_update, check_gaussian_kl, check_predict_x0, check_train_step
 from .unet import check_attention_block, check_res_block, check_timestep_embedding, check_unet_forward
 
@@ -29,10 +31,14 @@ __all__ = [
     "assert_close",
     "assert_own_work",
     "check_attention_block",
+    "check_ddim_step",
+    "check_ddpm_step",
     "check_ema_update",
     "check_gaussian_kl",
     "check_predict_x0",
+    "check_fid_from_features",
     "check_res_block",
+    "check_respace_betas",
     "check_timestep_embedding",
     "check_unet_forward",
     "check_train_step",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import forward_diffusion, training, unet
+from . import forward_diffusion, sampling, training, unet
 
 
 @dataclass(frozen=True)
@@ -43,4 +43,5 @@ def specs() -> dict[str, list[Exercise]]:
         "01_forward_diffusion": forward_diffusion.exercises(Exercise, Answer),
         "02_unet": unet.exercises(Exercise, Answer),
         "03_training": training.exercises(Exercise, Answer),
+        "04_sampling": sampling.exercises(Exercise, Answer),
     }
