@@ -10,6 +10,8 @@ STAMP      := $(VENV)/.diffusion-course-installed
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 LAB_ARGS   ?=
 PYTEST_ARGS ?=
+# two test processes; each test file (a notebook's cells too) stays in one; XDIST= runs one process
+XDIST      ?= -n 2 --dist loadfile
 INSTRUCTOR_PLUGINS := @jupyter/nbgrader:formgrader @jupyter/nbgrader:create-assignment @jupyter/nbgrader:course-list
 
 .PHONY: help setup lab instructor test data notebooks strip lint clean gpu-check
@@ -49,7 +51,7 @@ instructor: setup data
 
 test: setup
 	DIFFUSION_COURSE_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest tests solutions \
-		--nbval-lax --nbval-current-env $(PYTEST_ARGS)
+		--nbval-lax --nbval-current-env $(XDIST) $(PYTEST_ARGS)
 
 notebooks: setup
 	$(BIN)/python -m diffusion_course.grading generate

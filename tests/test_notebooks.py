@@ -24,13 +24,11 @@ from pathlib import Path
 import nbformat
 import pytest
 from answers import specs
-from traitlets.config import Config
 
 from diffusion_course import grading
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = grading.assignments(REPO_ROOT)
-EXECUTE_TIMEOUT = 300
 
 
 def _notebook(folder: Path, name: str) -> Path:
@@ -111,8 +109,9 @@ def test_there_are_assignments():
 def test_release_is_exactly_what_nbgrader_generates(course, name):
     root, _ = course
     generated = sorted(p.relative_to(root / "notebooks") for p in (root / "notebooks" / name).rglob("*") if p.is_file())
+    # what a learner's JupyterLab leaves beside the notebooks (git-ignored) is not part of the release
     committed = sorted(p.relative_to(REPO_ROOT / "notebooks") for p in (REPO_ROOT / "notebooks" / name).rglob("*")
-                       if p.is_file())
+                       if p.is_file() and not {".ipynb_checkpoints", "runs"} & set(p.parts))
     assert generated == committed, "notebooks/ is out of date: run `make notebooks` and commit the result"
     for rel in generated:
         assert (root / "notebooks" / rel).read_bytes() == (REPO_ROOT / "notebooks" / rel).read_bytes(), (
@@ -131,9 +130,12 @@ def test_solution_scores_full_marks(autograded, name):
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name", ASSIGNMENTS)
 def test_untouched_student_notebook_scores_zero(autograded, name):
+    """What nbgrader's Validate in invert mode would report, from the autograding run (one execution less)."""
     got, best = autograded(name)["scores"]["untouched"]
     assert best > 0
     assert got == 0, f"an untouched student notebook scored {got}/{best}: some test passes without any work"
+    passing = sorted(cell for cell, (points, _) in autograded(name)["cells"]["untouched"].items() if points > 0)
+    assert not passing, f"graded cells that pass before the learner writes any code: {passing}"
 
 
 @pytest.mark.notebooks
@@ -165,20 +167,6 @@ def test_every_exercise_has_answers_written_down(name):
     missing = sorted(answer_ids - written)
     assert not missing, f"write wrong, delegating and right answers in tests/answers/ for: {missing}"
     assert written <= answer_ids, f"tests/answers/ names answer cells that do not exist: {sorted(written - answer_ids)}"
-
-
-@pytest.mark.notebooks
-@pytest.mark.parametrize("name", ASSIGNMENTS)
-def test_validator_in_invert_mode_passes_nothing(name):
-    from nbgrader.validator import Validator
-
-    config = Config()
-    config.Execute.timeout = EXECUTE_TIMEOUT
-    config.ExecutePreprocessor.kernel_name = "python3"
-    results = Validator(config=config, invert=True).validate(str(_notebook(REPO_ROOT / "notebooks", name)))
-    assert "type_changed" not in results and "changed" not in results, results
-    passed = [r["source"].splitlines()[0] for r in results.get("passed", [])]
-    assert not passed, f"tests that pass before the learner writes any code: {passed}"
 
 
 @pytest.mark.parametrize("name", ASSIGNMENTS)
