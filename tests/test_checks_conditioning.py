@@ -302,9 +302,9 @@ def test_drop_check_and_graded_comparison_agree(fn, capsys):
 
 @pytest.mark.parametrize(
     "fn",
-    [lambda z: 1 / z.std(), lambda z: 1 / z.double().std(), lambda z: (1 / z.std()).half(), lambda z: 1 / np.std(z.numpy()),
-     lambda z: 1 / z.std(dim=(0, 2, 3)), lambda z: z.std(), lambda z: None, lambda z: [1 / z.std().item()],
-     lambda z: 1 / z.pow(2).mean().sqrt()],
+    [lambda z: 1 / z.std(), lambda z: 1 / z.double().std(), lambda z: (1 / z.std()).half(),
+     lambda z: 1 / np.std(z.numpy()), lambda z: 1 / z.std(dim=(0, 2, 3)), lambda z: z.std(), lambda z: None,
+     lambda z: [1 / z.std().item()], lambda z: 1 / z.pow(2).mean().sqrt()],
 )
 def test_scale_check_and_graded_comparison_agree(fn, capsys):
     assert bool(checks.check_latent_scaling_factor(fn)) == _graded_scale(fn)

@@ -188,7 +188,8 @@ def test_the_objective_and_caption_dropout_use_drop_labels_with_one_draw_per_lab
     labels = torch.arange(10).repeat(3)
     u = torch.rand(30, generator=torch.Generator().manual_seed(5))
     objective = DiffusionObjective(DiffusionConfig(timesteps=50, conditioning="class", num_classes=10), cond_drop=0.3)
-    assert torch.equal(objective.drop_labels(labels, torch.Generator().manual_seed(5)), C.drop_labels(labels, u, 0.3, 10))
+    by_objective = objective.drop_labels(labels, torch.Generator().manual_seed(5))
+    assert torch.equal(by_objective, C.drop_labels(labels, u, 0.3, 10))
     assert torch.equal(C.drop_to_null(labels, 0.3, torch.Generator().manual_seed(5)),
                        C.drop_labels(labels, u, 0.3, C.NULL_LABEL))
 

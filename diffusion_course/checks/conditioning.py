@@ -378,11 +378,11 @@ def check_latent_scaling_factor(fn: Callable) -> CheckResult:
         expected = torch.tensor(latent.latent_scaling_factor(z), dtype=torch.float64)
         where = f"(latents of shape {tuple(shape)})"
         if value.shape != expected.shape:
-            what = "per channel" if value.numel() == shape[1] else "per latent" if value.numel() == shape[0] else ""
+            what = {shape[1]: " (per channel)", shape[0]: " (per latent)"}.get(value.numel(), "")
             result.problems.append(
-                f"return one number for all the values, got shape {tuple(value.shape)}{' (' + what + ')' if what else ''}:"
-                " every latent value is multiplied by the same factor, as in Stable Diffusion, so that the "
-                f"channels keep their relative sizes {where}.")
+                f"return one number for all the values, got shape {tuple(value.shape)}{what}: every latent value "
+                "is multiplied by the same factor, as in Stable Diffusion, so that the channels keep their relative "
+                f"sizes {where}.")
             return result.report()
         if not _close(value, expected, SCALE_TOL):
             result.problems.append(_scale_problem(float(value), z) + f" {where}")
