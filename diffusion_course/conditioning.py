@@ -522,11 +522,27 @@ class CaptionSampler:
         return self.table.to(labels.device)[rows, 0]
 
 
+def drop_labels(labels: torch.Tensor, u: torch.Tensor, p: float, null_label: int) -> torch.Tensor:
+    """Condition dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1, ``p_uncond``).
+
+    Label ``i`` becomes ``null_label`` where its uniform draw ``u[i]`` in [0, 1) is below ``p``, so
+    each label is dropped with probability ``p``, independently. ``labels``: ``[B]`` integers;
+    ``u``: ``[B]`` floats (drawn by the caller, so the draws come from the training generator).
+    Returns a new tensor of ``labels``' dtype; ``labels`` itself is left unchanged (it may be a
+    view of the dataset's labels). ``null_label``: ``num_classes`` for a class-conditional U-Net
+    (its extra "no class" embedding), :data:`NULL_LABEL` for captions (the empty caption).
+    """
+    if u.shape != labels.shape[:1]:
+        raise ValueError(f"give one uniform draw per label: u has shape {tuple(u.shape)}, labels {tuple(labels.shape)}")
+    return torch.where(u < p, torch.full_like(labels, null_label), labels)
+
+
 def drop_to_null(labels: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
     """Replace each label by :data:`NULL_LABEL` with probability ``p`` (caption dropout for
-    classifier-free guidance, Ho & Salimans 2022, Algorithm 1: p_uncond)."""
-    drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < p
-    return torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
+    classifier-free guidance, Ho & Salimans 2022, Algorithm 1: p_uncond): :func:`drop_labels`
+    with one ``torch.rand(B)`` from ``generator``."""
+    u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
+    return drop_labels(labels, u, p, NULL_LABEL)
 
 
 __all__ = [
@@ -550,6 +566,7 @@ __all__ = [
     "build_vocabulary",
     "caption_set",
     "course_encoder_config",
+    "drop_labels",
     "drop_to_null",
     "load_pretrained",
     "pretrained_encoder_config",

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .conditioning import NULL_LABEL
+from .conditioning import NULL_LABEL, drop_labels
 from .diffusion import (
     PREDICTION_TYPES,
     DiffusionConfig,
@@ -453,12 +453,13 @@ class DiffusionObjective:
 
     def drop_labels(self, labels, generator: torch.Generator):
         """Replace each label by the "no class" label ``num_classes`` (text: ``NULL_LABEL``, the
-        empty caption) with probability ``cond_drop``."""
+        empty caption) with probability ``cond_drop``: :func:`~diffusion_course.conditioning.drop_labels`
+        with one ``torch.rand(B)`` from ``generator``."""
         if self.diffusion.conditioning == "none" or labels is None or self.cond_drop == 0:
             return labels
-        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.cond_drop
+        u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
         null = self.diffusion.num_classes if self.diffusion.conditioning == "class" else NULL_LABEL
-        return torch.where(drop, torch.full_like(labels, null), labels)
+        return drop_labels(labels, u, self.cond_drop, null)
 
     def update(self, feedback: dict[str, torch.Tensor]) -> None:
         """After the optimizer step: let the timestep sampler learn from the bound's terms."""

@@ -118,6 +118,12 @@ class GaussianMixture:
         """``log p(x)`` for points ``x`` ``[N, D]``, shape ``[N]``."""
         return torch.logsumexp(self._log_joint(x), dim=1).to(_out_dtype(x))
 
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``log w_k + log N(x; m_k, s_k^2 I)``, ``[N, K]``: the logits of the exact classifier
+        ``p(component k | x)`` (their softmax is :meth:`responsibilities`). Differentiable in ``x``
+        and finite far from every component, where the responsibilities underflow to 0."""
+        return self._log_joint(x).to(_out_dtype(x))
+
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         """``r_k(x) = p(component k | x)``, ``[N, K]``, rows summing to 1."""
         return torch.softmax(self._log_joint(x), dim=1).to(_out_dtype(x))

@@ -12,6 +12,9 @@ next to the calling notebook, so that the next run of the notebook finds it::
 
 In fast mode (CI, nbgrader) it trains the ``tiny`` preset for a handful of steps in a temporary
 folder instead: the notebook runs end to end in seconds, with a model that only makes blobs.
+
+Phase 5 needs conditional models: :func:`conditional_model` trains (once) a class- or text-conditioned
+model with the same recipe, in pixels or on the latents of the course VAE.
 """
 
 from __future__ import annotations
@@ -69,12 +72,15 @@ def notebook_03_recipe(out: str | Path, *, model: str | None = None, minutes: fl
 def train_short_run(config, *, progress: bool = True) -> Path:
     """Train ``config`` (a TrainConfig) from scratch with the package's Trainer; returns its checkpoint.
 
-    Refuses to overwrite a checkpoint already in ``config.out`` (use it, or pick another folder).
+    Class- and text-conditioned runs (``config.conditioning``) and latent runs (``config.latent``:
+    the cached VAE of the same images, or one trained now) are built as the command-line trainer
+    builds them. Refuses to overwrite a checkpoint already in ``config.out`` (use it, or pick
+    another folder).
     """
     from .batching import load_training_data
     from .runtime import seed_everything
     from .trainer import Trainer
-    from .training import build_model
+    from .training import build_model, build_objective
 
     out = Path(config.out)
     if (out / "checkpoint.pt").exists():
@@ -82,9 +88,21 @@ def train_short_run(config, *, progress: bool = True) -> Path:
     config.progress = progress
     device = torch.device(config.device)
     source, stats = load_training_data(config, device, progress=progress)
+    channels, side, space = stats["channels"], stats["image_size"], None
+    if config.latent:  # the VAE comes from its cache (or is trained once), the images become latents
+        from .latent import latent_training_data
+
+        source, stats, space = latent_training_data(config, source, stats, device=device, progress=progress)
+        channels, side = space.shape[0], space.shape[1]
+    num_classes = len(stats["classes"]) if config.conditioning != "none" else None
     seed_everything(config.seed)
-    model = build_model(config, stats["channels"], stats["image_size"])
-    result = Trainer(config, model, source, device=device, data_stats=stats).train()
+    model = build_model(config, channels, side, num_classes, stats.get("classes"))
+    objective = build_objective(config, num_classes, model)
+    if space is not None:
+        from .latent import LatentObjective
+
+        objective = LatentObjective(objective, space)
+    result = Trainer(config, model, source, objective=objective, device=device, data_stats=stats).train()
     return Path(result.checkpoint)
 
 
@@ -127,9 +145,73 @@ def course_model(
     return DiffusionPipeline.from_checkpoint(path, device=device)
 
 
+CONDITIONINGS = ("class", "text")
+"""What :func:`conditional_model` conditions on: the class labels, or captions made from them."""
+
+FAST_RUN = {"model": "tiny", "max_steps": 4, "limit": 256, "batch_size": 16, "warmup_steps": 2, "vae_epochs": 1.0}
+"""Fast mode's conditional runs (CI, grading): a few steps of the tiny U-Net on 256 images."""
+
+
+def conditional_recipe(out: str | Path, conditioning: str = "class", *, latent: bool = False,
+                       model: str | None = None, minutes: float | None = 10.0, max_steps: int | None = None,
+                       limit: int | None = None, vae_epochs: float = 1.0, seed: int = 0):
+    """Notebook 03's recipe (:func:`notebook_03_recipe`) for a conditional model: ``conditioning``
+    ``class`` or ``text`` with 10 % condition dropout (classifier-free guidance), on the latents of
+    the course VAE when ``latent`` (trained for ``vae_epochs`` epochs once, then cached)."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")
+    config = notebook_03_recipe(out, model=model, minutes=minutes, max_steps=max_steps, limit=limit, seed=seed)
+    config.conditioning, config.cond_drop, config.latent, config.vae_epochs = conditioning, 0.1, latent, vae_epochs
+    config.validate()
+    return config
+
+
+def conditional_model(
+    conditioning: str = "class",
+    *,
+    latent: bool = False,
+    minutes: float = 10.0,
+    vae_epochs: float = 1.0,
+    out: str | Path | None = None,
+    fast: bool | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> DiffusionPipeline:
+    """A class- or text-conditioned Fashion-MNIST model (in pixels, or on VAE latents) as a pipeline.
+
+    Notebook 05's models: :func:`conditional_recipe`, the ``small`` U-Net for ``minutes`` CPU minutes,
+    saved in ``out`` (default ``runs/05_fashion_<conditioning>``, ``runs/05_fashion_latent_<conditioning>``
+    for a latent model) and reused by the next call. A latent model's VAE trains for ``vae_epochs``
+    epochs first (one epoch of Fashion-MNIST: 469 steps, a few CPU minutes), once: it is cached under
+    ``data/autoencoders``. ``fast`` (default: the course's fast mode) trains :data:`FAST_RUN` in a
+    temporary folder instead. Prints where the model came from.
+    """
+    fast = fast_mode() if fast is None else fast
+    kind = f"{'latent ' if latent else ''}{conditioning}-conditional"
+    if fast:
+        settings = dict(FAST_RUN)
+        batch_size, warmup_steps = settings.pop("batch_size"), settings.pop("warmup_steps")
+        config = conditional_recipe(Path(tempfile.mkdtemp(prefix="diffusion-course-")) / "run", conditioning,
+                                    latent=latent, minutes=None, **settings)
+        config.batch_size, config.warmup_steps, config.log_every = batch_size, warmup_steps, config.max_steps
+        path = train_short_run(config, progress=False)
+        _say(f"fast mode: trained a tiny {kind} U-Net for {config.max_steps} steps (expect blobs, not clothes)")
+        return DiffusionPipeline.from_checkpoint(path, device=device)
+    name = f"05_fashion_{'latent_' if latent else ''}{conditioning}"
+    out = Path("runs") / name if out is None else Path(out)
+    path = out / "checkpoint.pt"
+    if path.is_file():
+        _say(f"using the {kind} model trained earlier in {path}")
+        return DiffusionPipeline.from_checkpoint(path, device=device)
+    _say(f"training a {kind} small U-Net for {minutes:g} minutes into {out} ...")
+    config = conditional_recipe(out, conditioning, latent=latent, minutes=minutes, vae_epochs=vae_epochs)
+    path = train_short_run(config, progress=progress)
+    return DiffusionPipeline.from_checkpoint(path, device=device)
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stdout, flush=True)
 
 
-__all__ = ["NOTEBOOK_03_RUN", "QUICK_RUN", "course_model", "notebook_03_checkpoint", "notebook_03_recipe",
-           "train_short_run"]
+__all__ = ["CONDITIONINGS", "FAST_RUN", "NOTEBOOK_03_RUN", "QUICK_RUN", "conditional_model", "conditional_recipe",
+           "course_model", "notebook_03_checkpoint", "notebook_03_recipe", "train_short_run"]

@@ -168,6 +168,32 @@ def test_the_caption_sampler_draws_each_class_from_its_own_captions_with_the_gen
     assert torch.equal(sampler.first_captions(torch.tensor([9])), enc.tokenize(["an ankle boot"]))
 
 
+def test_drop_labels_follows_the_given_draws_and_leaves_the_labels_alone():
+    labels = torch.tensor([3, 1, 4, 1, 5, 9])
+    u = torch.tensor([0.05, 0.5, 0.0999, 0.1001, 0.99, 0.2])
+    before = labels.clone()
+    dropped = C.drop_labels(labels, u, 0.1, 10)
+    assert torch.equal(dropped, torch.tensor([10, 1, 10, 1, 5, 9])) and dropped.dtype == labels.dtype
+    assert torch.equal(labels, before)  # a new tensor: the batch (maybe a view of the dataset) is not touched
+    assert torch.equal(C.drop_labels(labels, u, 0.0, 10), labels)
+    assert torch.equal(C.drop_labels(labels, u, 1.0, C.NULL_LABEL), torch.full_like(labels, C.NULL_LABEL))
+    with pytest.raises(ValueError, match="one uniform draw per label"):
+        C.drop_labels(labels, u[:3], 0.1, 10)
+
+
+def test_the_objective_and_caption_dropout_use_drop_labels_with_one_draw_per_label():
+    from diffusion_course.diffusion import DiffusionConfig
+    from diffusion_course.losses import DiffusionObjective
+
+    labels = torch.arange(10).repeat(3)
+    u = torch.rand(30, generator=torch.Generator().manual_seed(5))
+    objective = DiffusionObjective(DiffusionConfig(timesteps=50, conditioning="class", num_classes=10), cond_drop=0.3)
+    by_objective = objective.drop_labels(labels, torch.Generator().manual_seed(5))
+    assert torch.equal(by_objective, C.drop_labels(labels, u, 0.3, 10))
+    assert torch.equal(C.drop_to_null(labels, 0.3, torch.Generator().manual_seed(5)),
+                       C.drop_labels(labels, u, 0.3, C.NULL_LABEL))
+
+
 def test_caption_dropout_replaces_labels_by_the_null_label():
     labels = torch.arange(10).repeat(400)
     dropped = C.drop_to_null(labels, 0.25, torch.Generator().manual_seed(0))

@@ -52,6 +52,17 @@ def test_score_is_the_gradient_of_log_prob(three_blobs):
     assert three_blobs.score(x.detach().float()).dtype == torch.float32
 
 
+def test_class_logits_give_the_responsibilities_and_stay_finite_far_away(three_blobs):
+    x = torch.tensor([[0.1, 0.2], [0.5, 0.0], [40.0, -30.0]])
+    logits = three_blobs.class_logits(x)
+    assert logits.shape == (3, 3) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert torch.allclose(logits[:2].softmax(dim=1), three_blobs.responsibilities(x[:2]), atol=1e-6)
+    assert (three_blobs.responsibilities(x[2:]) == 0).any()  # the probabilities underflow ...
+    far = x[2:].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(three_blobs.class_logits(far).log_softmax(dim=1)[0, 0], far)
+    assert torch.isfinite(grad).all()  # ... their logits do not: a classifier's gradient stays usable
+
+
 def test_samples_and_moments_agree(three_blobs):
     x = three_blobs.sample(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert x.shape == (200_000, 2)

@@ -11,10 +11,18 @@ version of the function it was asked to write, and every check says so too.
 
 Every check returns a :class:`CheckResult`, true when everything passed.
 One submodule per phase: ``forward`` (Phase 1), ``unet`` (Phase 2), ``training`` (Phase 3),
-``sampling`` (Phase 4).
+``sampling`` (Phase 4), ``conditioning`` (Phase 5; its graded tests compare integer labels with
+:func:`assert_labels`).
 """
 
 from ._core import CheckResult, assert_close, assert_own_work
+from .conditioning import (
+    assert_labels,
+    check_cross_attention_block,
+    check_drop_labels,
+    check_guide,
+    check_latent_scaling_factor,
+)
 from .forward import (
     check_cosine_schedule,
     check_log_snr,
@@ -29,8 +37,13 @@ from .unet import check_attention_block, check_res_block, check_timestep_embeddi
 __all__ = [
     "CheckResult",
     "assert_close",
+    "assert_labels",
     "assert_own_work",
     "check_attention_block",
+    "check_cross_attention_block",
+    "check_drop_labels",
+    "check_guide",
+    "check_latent_scaling_factor",
     "check_ddim_step",
     "check_ddpm_step",
     "check_ema_update",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import forward_diffusion, sampling, training, unet
+from . import conditioning, forward_diffusion, sampling, training, unet
 
 
 @dataclass(frozen=True)
@@ -44,4 +44,5 @@ def specs() -> dict[str, list[Exercise]]:
         "02_unet": unet.exercises(Exercise, Answer),
         "03_training": training.exercises(Exercise, Answer),
         "04_sampling": sampling.exercises(Exercise, Answer),
+        "05_conditioning": conditioning.exercises(Exercise, Answer),
     }
