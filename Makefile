@@ -10,8 +10,11 @@ STAMP      := $(VENV)/.diffusion-course-installed
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 LAB_ARGS   ?=
 PYTEST_ARGS ?=
-# two test processes; each test file (a notebook's cells too) stays in one; XDIST= runs one process
-XDIST      ?= -n 2 --dist loadfile
+# two test processes; a test file (a notebook's cells too) or a test class stays in one; XDIST= runs one
+XDIST      ?= -n 2 --dist loadscope
+# one thread per process (and per notebook kernel): two processes of two threads each would
+# oversubscribe two cores, and tiny models spin in OpenMP (a notebook took 10x longer that way)
+TEST_THREADS ?= 1
 INSTRUCTOR_PLUGINS := @jupyter/nbgrader:formgrader @jupyter/nbgrader:create-assignment @jupyter/nbgrader:course-list
 
 .PHONY: help setup lab instructor test data notebooks strip lint clean gpu-check
@@ -50,7 +53,7 @@ instructor: setup data
 	$(BIN)/jupyter lab $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: setup
-	DIFFUSION_COURSE_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest tests solutions \
+	DIFFUSION_COURSE_FAST=1 MPLBACKEND=Agg OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest tests solutions \
 		--nbval-lax --nbval-current-env $(XDIST) $(PYTEST_ARGS)
 
 notebooks: setup

@@ -179,7 +179,7 @@ class ClassifierRecipe:
     """How the course's classifier of a dataset is trained (part of its cache key)."""
 
     dataset: str = "fashion-mnist"
-    epochs: float = 3.0
+    epochs: float = 5.0  # 3 gave 89.9 % on Fashion-MNIST, below the course's 90 %
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0

@@ -120,43 +120,47 @@ def test_release_is_exactly_what_nbgrader_generates(course, name):
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("name", ASSIGNMENTS)
-def test_solution_scores_full_marks(autograded, name):
-    got, best = autograded(name)["scores"]["solution-key"]
-    assert best > 0
-    assert got == best, f"the solution notebook (with the right variants of tests/answers/) scored {got}/{best}"
+class AutogradedAssignment:
+    """The autograding tests of one assignment (``name``). One class per assignment (below), so that
+    ``make test``'s two processes (``--dist loadscope``: a class at a time) grade two at once."""
 
+    name: str
 
-@pytest.mark.notebooks
-@pytest.mark.parametrize("name", ASSIGNMENTS)
-def test_untouched_student_notebook_scores_zero(autograded, name):
-    """What nbgrader's Validate in invert mode would report, from the autograding run (one execution less)."""
-    got, best = autograded(name)["scores"]["untouched"]
-    assert best > 0
-    assert got == 0, f"an untouched student notebook scored {got}/{best}: some test passes without any work"
-    passing = sorted(cell for cell, (points, _) in autograded(name)["cells"]["untouched"].items() if points > 0)
-    assert not passing, f"graded cells that pass before the learner writes any code: {passing}"
+    def test_solution_scores_full_marks(self, autograded):
+        got, best = autograded(self.name)["scores"]["solution-key"]
+        assert best > 0
+        assert got == best, f"the solution notebook (with the right variants of tests/answers/) scored {got}/{best}"
 
+    def test_untouched_student_notebook_scores_zero(self, autograded):
+        """Also what nbgrader's Validate in invert mode would report, read from this run."""
+        got, best = autograded(self.name)["scores"]["untouched"]
+        assert best > 0
+        assert got == 0, f"an untouched student notebook scored {got}/{best}: some test passes without any work"
+        passing = sorted(cell for cell, (points, _) in autograded(self.name)["cells"]["untouched"].items()
+                         if points > 0)
+        assert not passing, f"graded cells that pass before the learner writes any code: {passing}"
 
-@pytest.mark.notebooks
-@pytest.mark.parametrize("name", ASSIGNMENTS)
-def test_wrong_and_delegating_answers_lose_the_points_of_their_exercise(autograded, name):
-    exercises = specs().get(name)
-    if not exercises:
-        pytest.skip(f"no answers written down for {name} in tests/answers/")
-    cells = autograded(name)["cells"]
-    failures = []
-    for student, answers in _variants(name).items():
-        if student == "solution-key":
-            continue
-        for ex in exercises:
-            if ex.answer not in answers:
+    def test_wrong_and_delegating_answers_lose_the_points_of_their_exercise(self, autograded):
+        exercises = specs().get(self.name)
+        if not exercises:
+            pytest.skip(f"no answers written down for {self.name} in tests/answers/")
+        cells = autograded(self.name)["cells"]
+        failures = []
+        for student, answers in _variants(self.name).items():
+            if student == "solution-key":
                 continue
-            for test_id in ex.tests:
-                got, best = cells[student][test_id]
-                if got >= best:
-                    failures.append(f"{student} answer to {ex.answer} still earns {got}/{best} in {test_id}")
-    assert not failures, "\n".join(failures)
+            for ex in exercises:
+                if ex.answer not in answers:
+                    continue
+                for test_id in ex.tests:
+                    got, best = cells[student][test_id]
+                    if got >= best:
+                        failures.append(f"{student} answer to {ex.answer} still earns {got}/{best} in {test_id}")
+        assert not failures, "\n".join(failures)
+
+
+for _name in ASSIGNMENTS:
+    globals()[f"TestAutograde_{_name}"] = type(f"TestAutograde_{_name}", (AutogradedAssignment,), {"name": _name})
 
 
 @pytest.mark.parametrize("name", ASSIGNMENTS)
