@@ -56,7 +56,7 @@ def notebook_03_checkpoint(start: str | Path | None = None) -> Path | None:
 def notebook_03_recipe(out: str | Path, *, model: str | None = None, minutes: float | None = 5.0,
                        max_steps: int | None = None, limit: int | None = None, seed: int = 0):
     """The :class:`~diffusion_course.training.TrainConfig` of notebook 03's run: the course's CPU
-    recipe (:data:`~diffusion_course.training.CPU_RECIPE`) with the cosine schedule, for a budget of
+    recipe (:data:`~diffusion_course.training.CPU_RECIPE`), for a budget of
     ``minutes`` and/or ``max_steps``, written to ``out``. ``model``: another preset than the recipe's."""
     from .training import CPU_RECIPE, TrainConfig
 
@@ -64,7 +64,7 @@ def notebook_03_recipe(out: str | Path, *, model: str | None = None, minutes: fl
     if model is not None:
         recipe["model"] = model
     return TrainConfig(
-        dataset="fashion-mnist", schedule="cosine", max_steps=max_steps, limit=limit, seed=seed,
+        dataset="fashion-mnist", max_steps=max_steps, limit=limit, seed=seed,
         sample_every=0, checkpoint_every=500, log_every=50, num_workers=0, out=str(out), device="cpu", **recipe,
     )
 

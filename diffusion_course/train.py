@@ -1,12 +1,14 @@
 """Command-line trainer: ``python -m diffusion_course.train`` (or ``diffusion-course-train``).
 
-Example, a laptop run on Fashion-MNIST::
+With no options it trains the course's best measured CPU recipe on Fashion-MNIST for 15 minutes
+(``--recipe cpu``, :data:`~diffusion_course.training.CPU_RECIPE`; on a CUDA GPU DDPM's own settings,
+``--recipe ddpm``). Options given by hand win over the recipe, e.g. a longer laptop run::
 
-    python -m diffusion_course.train --dataset fashion-mnist --epochs 5 --batch-size 128 --out runs/fmnist
+    python -m diffusion_course.train --max-minutes 60 --out runs/fmnist
 
-and the same on K GPUs (or K CPU processes) with DistributedDataParallel::
+and DDPM's CIFAR-10 run on K GPUs (or K CPU processes) with DistributedDataParallel::
 
-    torchrun --nproc_per_node=K -m diffusion_course.train --dataset cifar10 --model ddpm-cifar10 ...
+    torchrun --nproc_per_node=K -m diffusion_course.train --dataset cifar10 --recipe ddpm --epochs 100 ...
 
 The script reads like its four steps: **parse** the arguments, **validate** everything
 that can be checked before training starts (bad input ends with one line on stderr and
@@ -41,7 +43,15 @@ from .cli import UsageError, check_writable_dir, error, parse
 from .distributed import cleanup_distributed, init_distributed, launched_by_torchrun
 from .runtime import get_device, seed_everything
 from .trainer import NonFiniteLossError, Trainer
-from .training import TrainConfig, build_model, build_objective, check_precision, resolve_hflip
+from .training import (
+    RECIPES,
+    TrainConfig,
+    build_model,
+    build_objective,
+    check_precision,
+    default_recipe,
+    resolve_hflip,
+)
 
 PROG = "diffusion-course-train"
 RESUMABLE = {
@@ -70,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train a diffusion model (DDPM / Improved DDPM) on an image dataset.",
         argument_default=argparse.SUPPRESS,  # only options the user gave end up in the namespace
+        epilog="recipes (--recipe): " + "; ".join(
+            f"{name} = " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+            for name, values in RECIPES.items()
+        ),
     )
     groups = {key: p.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for f in fields(TrainConfig):
@@ -84,9 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
                 group.add_argument(flag, action="store_true", help=text)
             continue
         shown = "" if f.default is None else f" (default: {f.default})"
+        by_recipe = [f"{name} recipe: {values[f.name]}" for name, values in RECIPES.items() if f.name in values]
+        if by_recipe:
+            shown = f" (default: {f.default}; {'; '.join(by_recipe)})"
         group.add_argument(flag, type=_option_type(f.type), choices=choices, help=text + shown, **meta)
         if f.name == "out":
             group.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument(
+        "--recipe", choices=("auto", *RECIPES),
+        help="the settings to start from (options you give win): cpu = the best measured 15-minute CPU run "
+             "(benchmarks/ablations.py); ddpm = DDPM's CIFAR-10 settings, for a GPU; auto (default) = cpu, or "
+             "ddpm on a CUDA GPU",
+    )
     return p
 
 
@@ -111,6 +134,12 @@ def make_config(given: dict, resume: bool) -> tuple[TrainConfig, dict | None]:
     unwritable output folder, a device or precision this machine lacks.
     """
     given = dict(given)
+    recipe = given.pop("recipe", None)
+    if resume and recipe is not None:
+        raise UsageError("--recipe cannot be used with --resume: a resumed run keeps its checkpoint's settings; "
+                         "drop --recipe")
+    if not resume:
+        given = with_recipe(given, recipe or "auto")
     if given.get("grad_clip") == 0:
         given["grad_clip"] = None
     out = Path(given.get("out", TrainConfig.out))
@@ -163,6 +192,25 @@ def make_config(given: dict, resume: bool) -> tuple[TrainConfig, dict | None]:
         raise UsageError(str(err)) from err
     check_writable_dir(out)
     return config, state
+
+
+LENGTH_OPTIONS = ("epochs", "max_steps", "max_minutes")
+
+
+def with_recipe(given: dict, name: str) -> dict:
+    """The options ``given`` on top of recipe ``name`` (``auto``: see
+    :func:`~diffusion_course.training.default_recipe`). The recipe's length (the CPU recipe's 15
+    minutes) applies only when no length option was given: ``--max-steps 100`` alone means 100 steps."""
+    if name == "auto":
+        try:
+            name = default_recipe(get_device(given.get("device", TrainConfig.device)))
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    settings = dict(RECIPES[name])
+    if any(key in given for key in LENGTH_OPTIONS):
+        for key in LENGTH_OPTIONS:
+            settings.pop(key, None)
+    return {**settings, **given}
 
 
 def check_model_fits(config: TrainConfig, image_size: int) -> None:

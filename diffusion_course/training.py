@@ -44,16 +44,41 @@ FLIP_CHOICES = ("auto", "on", "off")
 
 CPU_RECIPE: dict[str, Any] = {
     "model": "small",
+    "schedule": "cosine",
     "batch_size": 64,
     "lr": 5e-4,
     "warmup_steps": 100,
     "ema_decay": 0.999,
     "max_minutes": 15.0,
 }
-"""The course's laptop-CPU run on Fashion-MNIST: :class:`TrainConfig` fields that differ from the
-defaults (which follow DDPM's long GPU runs). About 2000 steps in 15 minutes on 2 cores, so the
-learning rate is higher and the EMA horizon shorter (1/(1 - 0.999) = 1000 steps) than DDPM's.
-Notebook 03's long training cell and ``benchmarks/train_quality.py`` both read it."""
+"""The course's laptop-CPU run on Fashion-MNIST: the :class:`TrainConfig` fields that differ from
+its defaults. The command line's default on the CPU (``--recipe cpu``), notebook 03's long training
+cell and ``benchmarks/train_quality.py`` all read it. About 2000 steps fit in 15 minutes on 2 cores,
+so the learning rate is higher and the EMA horizon shorter (1/(1 - 0.999) = 1000 steps) than in
+DDPM's 800k-step runs. ``benchmarks/ablations.py`` measured the choices (README, "Ablations")."""
+
+DDPM_RECIPE: dict[str, Any] = {
+    "model": "ddpm-cifar10",
+    "schedule": "linear",
+    "timesteps": 1000,
+    "prediction": "eps",
+    "batch_size": 128,
+    "lr": 2e-4,
+    "warmup_steps": 5000,
+    "grad_clip": 1.0,
+    "ema_decay": 0.9999,
+}
+"""DDPM's CIFAR-10 settings (Ho et al. 2020, appendix B): the 35.7 M-parameter U-Net, linear
+betas over T = 1000, Adam at 2e-4 with 5000 warm-up steps, batch 128, gradient clipping at 1 and
+EMA 0.9999. For a GPU and the CIFAR-10 reproduction (``--recipe ddpm``); far too slow for a CPU."""
+
+RECIPES: dict[str, dict[str, Any]] = {"cpu": CPU_RECIPE, "ddpm": DDPM_RECIPE}
+"""Named starting points for the command line's ``--recipe``; options given by hand win."""
+
+
+def default_recipe(device: torch.device | str) -> str:
+    """The recipe ``--recipe auto`` picks: ``cpu`` unless the run is on a CUDA GPU (then ``ddpm``)."""
+    return "ddpm" if torch.device(device).type == "cuda" else "cpu"
 
 
 def _setting(default: Any, help: str, *, choices: tuple | None = None, group: str, **cli) -> Any:
@@ -298,12 +323,15 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
 
 __all__ = [
     "CPU_RECIPE",
+    "DDPM_RECIPE",
     "FLIP_CHOICES",
     "PRECISIONS",
+    "RECIPES",
     "TrainConfig",
     "build_diffusion_config",
     "build_model",
     "build_objective",
     "check_precision",
+    "default_recipe",
     "resolve_hflip",
 ]

@@ -18,6 +18,7 @@ import torch
 from diffusion_course import features, pretrained
 from diffusion_course.classifier import ClassifierConfig, ImageClassifier
 from diffusion_course.pipeline import DiffusionPipeline
+from diffusion_course.training import CPU_RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -89,7 +90,8 @@ def test_a_toy_run_prints_the_table_and_writes_results(checkpoint, offline_featu
     assert [(r["sampler"], r["steps"]) for r in record["rows"]] == [("ddpm", 3), ("ddim", 2), ("dpm-solver++", 2)]
     assert all(r["num_samples"] == 6 and r["seconds"] > 0 and r["fid"] >= 0 for r in record["rows"])
     assert record["num_samples"] == 6 and record["num_real"] == 16 and record["throughput"] is None
-    assert record["features"] == "course-classifier-fashion-mnist-test-only" and record["schedule"] == "cosine"
+    assert record["features"] == "course-classifier-fashion-mnist-test-only"
+    assert record["schedule"] == CPU_RECIPE["schedule"]
     assert [g["passed"] for g in record["goals"]] == [None, None]
     assert sorted(p.name for p in out.glob("*.png")) == ["samples_ddim-2.png", "samples_ddpm-3.png",
                                                         "samples_dpm-solver++-2.png"]
@@ -117,7 +119,9 @@ def test_a_trained_model_is_reused_not_retrained(checkpoint, tmp_path, monkeypat
     trained = []
     monkeypatch.setattr(bench, "train_short_run", lambda config, progress: trained.append(config) or "ckpt")
     assert bench.get_checkpoint(bench.parse_args(["--out", str(tmp_path / "fresh"), "--train-minutes", "7"])) == "ckpt"
-    assert trained[0].model == "small" and trained[0].max_minutes == 7 and trained[0].schedule == "cosine"
+    assert trained[0].model == CPU_RECIPE["model"] and trained[0].max_minutes == 7
+    assert trained[0].schedule == CPU_RECIPE["schedule"]
+    assert trained[0].prediction == CPU_RECIPE.get("prediction", "eps")
 
 
 def test_cpu_throughput_times_the_small_preset(checkpoint):

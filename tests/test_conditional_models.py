@@ -10,13 +10,14 @@ import torch
 
 from diffusion_course import pretrained
 from diffusion_course.pipeline import DiffusionPipeline
+from diffusion_course.training import CPU_RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_conditional_recipe_is_notebook_03s_with_a_condition(tmp_path):
     config = pretrained.conditional_recipe(tmp_path, "text", latent=True, minutes=4, vae_epochs=0.5)
-    assert (config.model, config.schedule, config.batch_size, config.lr) == ("small", "cosine", 64, 5e-4)
+    assert {key: getattr(config, key) for key in CPU_RECIPE} == {**CPU_RECIPE, "max_minutes": 4}
     assert (config.conditioning, config.cond_drop, config.latent, config.vae_epochs) == ("text", 0.1, True, 0.5)
     assert config.max_minutes == 4 and config.out == str(tmp_path)
     with pytest.raises(ValueError, match="conditioning must be one of class, text"):

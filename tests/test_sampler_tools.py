@@ -18,6 +18,7 @@ from diffusion_course.pipeline import DiffusionPipeline
 from diffusion_course.sampler_comparison import SamplerRow
 from diffusion_course.sampling import Trajectory, sample
 from diffusion_course.schedules import get_schedule
+from diffusion_course.training import CPU_RECIPE
 from diffusion_course.widgets import step_scrubber, trajectory_frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,8 +40,7 @@ def checkpoint(tmp_path_factory):
 
 def test_notebook_03_recipe_is_notebook_03s(tmp_path):
     config = pretrained.notebook_03_recipe(tmp_path, minutes=5)
-    assert (config.model, config.schedule, config.batch_size, config.lr, config.ema_decay) == (
-        "small", "cosine", 64, 5e-4, 0.999)
+    assert {key: getattr(config, key) for key in CPU_RECIPE} == {**CPU_RECIPE, "max_minutes": 5}
     assert config.max_minutes == 5 and config.device == "cpu" and config.out == str(tmp_path)
     config.validate()
 
@@ -48,7 +48,7 @@ def test_notebook_03_recipe_is_notebook_03s(tmp_path):
 def test_train_short_run_trains_and_never_overwrites(checkpoint):
     pipe = DiffusionPipeline.from_checkpoint(checkpoint)
     assert pipe.checkpoint["step"] == 2 and pipe.checkpoint["config"]["model"] == "tiny"
-    assert pipe.diffusion.schedule == "cosine" and pipe.image_shape == (1, 28, 28)
+    assert pipe.diffusion.schedule == CPU_RECIPE["schedule"] and pipe.image_shape == (1, 28, 28)
     config = pretrained.notebook_03_recipe(checkpoint.parent, model="tiny", minutes=None, max_steps=1)
     before = checkpoint.read_bytes()
     with pytest.raises(ValueError, match="exists already"):

@@ -23,7 +23,7 @@ from diffusion_course.runtime import DEVICES
 from diffusion_course.schedules import SCHEDULES
 from diffusion_course.timesteps import TIMESTEP_SAMPLERS
 from diffusion_course.train import build_parser, main, make_config
-from diffusion_course.training import FLIP_CHOICES, PRECISIONS, TrainConfig
+from diffusion_course.training import CPU_RECIPE, DDPM_RECIPE, FLIP_CHOICES, PRECISIONS, RECIPES, TrainConfig
 from diffusion_course.unet import PRESETS
 
 QUICK = ["--dataset", "fashion-mnist", "--limit", "64", "--batch-size", "16", "--timesteps", "100",
@@ -96,7 +96,7 @@ def _existing_run(tmp_path) -> Path:
         (["--dataset", "folder", "--data-dir", "/no/such/folder"], "--data-dir /no/such/folder does not exist"),
         (["--dataset", "folder"], "--dataset folder needs --data-dir"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1"),
-        (["--image-size", "30"], "--model tiny cannot take 30x30 images"),
+        (["--image-size", "30"], "--model small cannot take 30x30 images"),
         (["--precision", "fp16"], "precision fp16 needs a CUDA GPU"),
         (["--dataset", "mnist", "--hflip", "on"], "not allowed for mnist"),
         (["--grad-accum", "-1"], "grad_accum must be an integer >= 1"),
@@ -120,7 +120,7 @@ def test_an_unwritable_output_folder_is_refused(tmp_path, capsys):
 
 
 def test_a_run_needs_a_length_and_argparse_errors_exit_2(tmp_path, capsys):
-    assert main([*QUICK, "--out", str(tmp_path / "r")]) == 2
+    assert main([*QUICK, "--recipe", "ddpm", "--out", str(tmp_path / "r")]) == 2  # the cpu recipe has one
     assert "say how long to train: --epochs, --max-steps or --max-minutes" in capsys.readouterr().err
     assert main(["--dataset", "imagenet"]) == 2
     assert "invalid choice: 'imagenet'" in capsys.readouterr().err
@@ -216,7 +216,8 @@ VOCABULARIES = {
 def test_every_config_field_has_an_option_with_its_default_and_vocabulary():
     parser = build_parser()
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    assert set(actions) == {f.name for f in fields(TrainConfig)} | {"resume"}
+    assert set(actions) == {f.name for f in fields(TrainConfig)} | {"resume", "recipe"}
+    assert actions["recipe"].choices == ("auto", "cpu", "ddpm")
     for f in fields(TrainConfig):
         action, flag = actions[f.name], "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):  # a switch: it can only flip the default
@@ -224,8 +225,10 @@ def test_every_config_field_has_an_option_with_its_default_and_vocabulary():
             assert action.const is (not f.default), f.name
             continue
         assert action.option_strings == [flag], f.name
+        by_recipe = "".join(f"; {name} recipe: {values[f.name]}" for name, values in RECIPES.items()
+                            if f.name in values)
         if f.default is not None:
-            assert action.help.endswith(f"(default: {f.default})"), f.name
+            assert action.help.endswith(f"(default: {f.default}{by_recipe})"), f.name
         assert tuple(action.choices or ()) == tuple(VOCABULARIES.get(f.name, ())), f.name
     assert set(VOCABULARIES) <= {f.name for f in fields(TrainConfig)}
     # no options: exactly the config's defaults
@@ -264,3 +267,47 @@ def test_resuming_an_old_unscaled_linear_run_is_refused(tmp_path, capsys):
     assert main([*QUICK, "--max-steps", "2", "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "unscaled linear schedule" in err and "can still be sampled" in err
+
+
+def _config(tmp_path, *args: str) -> TrainConfig:
+    given = vars(build_parser().parse_args([*args, "--out", str(tmp_path / "r")]))
+    return make_config(given, resume=False)[0]
+
+
+def test_with_no_options_a_cpu_run_gets_the_cpu_recipe_and_its_15_minutes(tmp_path):
+    config = _config(tmp_path, "--device", "cpu")
+    assert config == TrainConfig(**{**CPU_RECIPE, "device": "cpu", "out": str(tmp_path / "r")})
+    assert config.max_minutes == 15 and config.model == "small" and config.schedule == "cosine"
+    assert _config(tmp_path, "--device", "cpu", "--recipe", "cpu") == config
+    assert _config(tmp_path, "--device", "cpu", "--recipe", "auto") == config
+
+
+def test_options_given_by_hand_win_over_the_recipe_and_a_length_replaces_its_minutes(tmp_path):
+    config = _config(tmp_path, "--device", "cpu", "--batch-size", "32", "--schedule", "linear", "--max-steps", "10")
+    assert (config.batch_size, config.schedule, config.max_steps) == (32, "linear", 10)
+    assert config.max_minutes is None  # --max-steps 10 alone means 10 steps, not "10 steps or 15 minutes"
+    assert config.lr == CPU_RECIPE["lr"] and config.model == CPU_RECIPE["model"]
+
+
+def test_the_ddpm_recipe_is_ddpms_cifar10_setup_and_auto_picks_it_on_cuda(tmp_path, monkeypatch):
+    config = _config(tmp_path, "--device", "cpu", "--recipe", "ddpm", "--epochs", "1")
+    assert (config.model, config.schedule, config.lr, config.batch_size) == ("ddpm-cifar10", "linear", 2e-4, 128)
+    assert (config.warmup_steps, config.ema_decay, config.grad_clip) == (5000, 0.9999, 1.0)
+    assert all(getattr(config, k) == v for k, v in DDPM_RECIPE.items())
+    from diffusion_course import training
+
+    assert training.default_recipe("cuda") == "ddpm" and training.default_recipe("cpu") == "cpu"
+    assert training.default_recipe("mps") == "cpu"
+
+
+def test_recipe_with_resume_is_refused(tmp_path, capsys):
+    out = _existing_run(tmp_path)
+    assert main([*QUICK, "--max-steps", "3", "--out", str(out), "--resume", "--recipe", "cpu"]) == 2
+    assert "--recipe cannot be used with --resume" in capsys.readouterr().err
+
+
+def test_help_lists_the_recipes(capsys):
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "cpu = --model small --schedule cosine" in text and "ddpm = --model ddpm-cifar10" in text
+    assert "(default: 128; cpu recipe: 64; ddpm recipe: 128)" in text
