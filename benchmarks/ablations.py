@@ -12,8 +12,9 @@ eps-prediction, batch 64, lr 5e-4, EMA 0.999, 100 warm-up steps):
 - batch size and learning rate; EMA decay; warm-up.
 
 Stage 1 runs the whole grid at a short budget (``--grid-minutes``, default 4). Stage 2 trains the
-three best cells, the combination of every factor's winner, and the baseline at the full budget
-(``--final-minutes``, default 15) and compares samplers and step counts on the best of them
+baseline, the combination of every factor's winner and the best single-factor cells (``--finalists``,
+default 3) at the full budget (``--final-minutes``, default 15) and compares samplers and step counts
+on the best of them
 (DDPM-1000 only with ``--ddpm-1000``: ``benchmarks/samplers.py`` measures it).
 Everything lands in ``--out`` (JSON per cell, ``results.json``, ``ablations.png``); the run is
 resumable: a cell with a ``result.json`` is not trained again, so Ctrl-C and a rerun lose at most
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -239,6 +242,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grid-minutes", type=float, default=4.0, help="training budget per grid cell (default 4)")
     p.add_argument("--final-minutes", type=float, default=15.0, help="budget of the finalists (default 15)")
+    p.add_argument("--finalists", type=int, default=3,
+                   help="best single-factor cells trained again at the full budget, besides the baseline and the "
+                        "combination of the winners (default 3)")
     p.add_argument("--num-samples", type=int, default=1000, help="samples scored per cell (default 1000)")
     p.add_argument("--only", choices=("grid", "final", "all"), default="all")
     p.add_argument("--device", default="cpu", help="cpu (Fashion-MNIST) or cuda (CIFAR-10, ddpm-cifar10)")
@@ -246,12 +252,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/ablations")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets and sample counts")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--publish", action="store_true",
+                   help="also copy results.json (and the baseline's and champion's sample grids) to "
+                        "benchmarks/results/ for notebook 04")
     p.add_argument("--ddpm-1000", action="store_true", help="also sample the champion with DDPM's 1000 steps")
     args = p.parse_args(argv)
     if args.quick:
         args.grid_minutes, args.final_minutes, args.num_samples = 0.05, 0.1, 64
-    if args.grid_minutes <= 0 or args.final_minutes <= 0 or args.num_samples < 4:
-        p.error("budgets must be positive and --num-samples at least 4")
+    if args.grid_minutes <= 0 or args.final_minutes <= 0 or args.num_samples < 4 or args.finalists < 0:
+        p.error("budgets must be positive, --num-samples at least 4 and --finalists at least 0")
     try:
         get_device(args.device)
     except ValueError as err:
@@ -286,12 +295,14 @@ def main(argv=None) -> int:
     if args.only != "grid":
         if not grid:
             grid = [run_cell(c, args, source, stats) for c in grid_cells(args.grid_minutes)]
-        best = sorted((c for c in grid if c.factor != "baseline"), key=lambda c: c.result["fid"])[:3]
+        best = sorted((c for c in grid if c.factor != "baseline"), key=lambda c: c.result["fid"])[:args.finalists]
         combined = winners(grid)
-        candidates = [Cell("baseline", "baseline", BASELINE, args.final_minutes),
-                      *[Cell(c.name, c.factor, c.recipe, args.final_minutes) for c in best]]
-        if combined not in [c.recipe for c in candidates]:
+        # The baseline and the combination first: together they answer the headline question
+        # (how much better than notebook 03's recipe), should the run be stopped early.
+        candidates = [Cell("baseline", "baseline", BASELINE, args.final_minutes)]
+        if combined not in [BASELINE, *[c.recipe for c in best]]:
             candidates.append(Cell("winners combined", "combined", combined, args.final_minutes))
+        candidates += [Cell(c.name, c.factor, c.recipe, args.final_minutes) for c in best]
         finals = [run_cell(c, args, source, stats) for c in candidates]
         print(table(finals, f"Stage 2: the finalists at {args.final_minutes:g} min"))
         champion = min(finals, key=lambda c: c.result["fid"])
@@ -311,10 +322,32 @@ def main(argv=None) -> int:
                   f"({r['sampled_images_per_s']:.1f} img/s)")
         summary.update(finals=[_record(c) for c in finals], champion=champion.name,
                        champion_recipe=asdict(champion.recipe), samplers=samplers)
+    summary["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
+                          "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+                          "num_samples": args.num_samples}
     plot(grid + finals, out / "ablations.png")
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {out / 'results.json'} and {out / 'ablations.png'}")
+    if args.publish:
+        publish(summary, out, finals)
     return 0
+
+
+def publish(summary: dict, out: Path, finals: list[Cell], target: Path | None = None) -> None:
+    """Copy the record (and the finals' sample grids of the baseline and the champion) to ``target``,
+    by default where :func:`diffusion_course.experiments.load_ablations` finds it."""
+    from diffusion_course.experiments import ABLATIONS_FILE
+
+    target = target or Path(__file__).resolve().parents[1] / ABLATIONS_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2) + "\n")
+    for cell in finals:
+        if cell.factor == "baseline" or cell.name == summary.get("champion"):
+            grid = out / "cells" / cell.key / "samples-dpm-solver++-20.png"
+            if grid.is_file():
+                role = "baseline" if cell.factor == "baseline" else "champion"
+                shutil.copyfile(grid, target.with_name(f"ablations-{role}.png"))
+    print(f"published the record to {target} (commit it: notebook 04 shows it)")
 
 
 def _record(cell: Cell) -> dict:

@@ -208,8 +208,15 @@ def load_results(path: str | Path | None = None) -> dict | None:
     Default: ``benchmarks/results/samplers.json`` found from the working directory (a notebook's
     folder is two levels below the repository) or from the package's repository (editable install).
     """
+    return load_record(RESULTS_FILE, path)
+
+
+def load_record(relative: Path, path: str | Path | None = None) -> dict | None:
+    """The JSON record at ``path``, or else the first of ``relative`` (a path inside the repository)
+    found from a notebook's folder, the working directory or the package's repository; None if none.
+    The record gets its ``"path"``."""
     candidates = [Path(path)] if path is not None else [
-        Path.cwd().parent.parent / RESULTS_FILE, Path.cwd() / RESULTS_FILE, _REPO / RESULTS_FILE]
+        Path.cwd().parent.parent / relative, Path.cwd() / relative, _REPO / relative]
     for candidate in candidates:
         if candidate.is_file():
             record = json.loads(candidate.read_text())
@@ -227,6 +234,7 @@ __all__ = [
     "compare_samplers",
     "format_table",
     "goal_verdicts",
+    "load_record",
     "load_results",
     "parse_configs",
     "reference_row",

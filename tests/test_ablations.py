@@ -81,3 +81,26 @@ def test_bad_flags_exit_2(ablations):
     with pytest.raises(SystemExit) as exc:
         ablations.parse_args(["--grid-minutes", "0"])
     assert exc.value.code == 2
+
+
+def test_a_negative_number_of_finalists_exits_2(ablations):
+    with pytest.raises(SystemExit) as exc:
+        ablations.parse_args(["--finalists", "-1"])
+    assert exc.value.code == 2
+
+
+def test_publish_copies_the_record_and_the_two_sample_grids(ablations, tmp_path):
+    finals = [ablations.Cell("baseline", "baseline", ablations.BASELINE, 15),
+              ablations.Cell("x0", "prediction", ablations.BASELINE, 15),
+              ablations.Cell("tiny", "size", ablations.BASELINE, 15)]
+    for cell in finals:
+        folder = tmp_path / "run" / "cells" / cell.key
+        folder.mkdir(parents=True)
+        (folder / "samples-dpm-solver++-20.png").write_bytes(cell.name.encode())
+    target = tmp_path / "results" / "ablations.json"
+    ablations.publish({"champion": "x0", "grid": []}, tmp_path / "run", finals, target)
+    assert json.loads(target.read_text())["champion"] == "x0"
+    assert (target.parent / "ablations-baseline.png").read_bytes() == b"baseline"
+    assert (target.parent / "ablations-champion.png").read_bytes() == b"x0"
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "ablations-baseline.png", "ablations-champion.png", "ablations.json"]
