@@ -140,8 +140,9 @@ def course_model(
     if path.is_file():
         _say(f"using the model trained earlier in {path}")
         return DiffusionPipeline.from_checkpoint(path, device=device)
-    _say(f"no model from notebook 03 found: training the small U-Net for {minutes:g} minutes into {out} ...")
-    path = train_short_run(notebook_03_recipe(out, minutes=minutes), progress=progress)
+    config = notebook_03_recipe(out, minutes=minutes)
+    _say(f"no model from notebook 03 found: training the {config.model} U-Net for {minutes:g} minutes into {out} ...")
+    path = train_short_run(config, progress=progress)
     return DiffusionPipeline.from_checkpoint(path, device=device)
 
 
@@ -203,8 +204,8 @@ def conditional_model(
     if path.is_file():
         _say(f"using the {kind} model trained earlier in {path}")
         return DiffusionPipeline.from_checkpoint(path, device=device)
-    _say(f"training a {kind} small U-Net for {minutes:g} minutes into {out} ...")
     config = conditional_recipe(out, conditioning, latent=latent, minutes=minutes, vae_epochs=vae_epochs)
+    _say(f"training a {kind} {config.model} U-Net for {minutes:g} minutes into {out} ...")
     path = train_short_run(config, progress=progress)
     return DiffusionPipeline.from_checkpoint(path, device=device)
 

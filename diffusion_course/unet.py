@@ -648,13 +648,14 @@ class UNet(nn.Module):
 # ---------------------------------------------------------------------------------------
 
 PRESETS: dict[str, UNetConfig] = {
-    # For tests and CI's fast mode: a few thousand parameters' worth of everything.
+    # 0.27 M parameters: the CPU recipe's network (training.CPU_RECIPE; at a 15-minute budget its
+    # extra updates beat small's capacity, benchmarks/ablations.py), and the model of tests and CI.
     "tiny": UNetConfig(
         image_size=32, in_channels=3, out_channels=3, base_channels=16, channel_mults=(1, 2, 2),
         num_res_blocks=1, attention_resolutions=(), dropout=0.0, num_heads=2, scale_shift=False,
         norm_groups=8,
     ),
-    # The CPU learner model for 28x28 (MNIST) and 32x32 (CIFAR-10). Lean for the CPU: a
+    # A larger CPU model for 28x28 (MNIST) and 32x32 (CIFAR-10), for longer runs. Lean for the CPU: a
     # parameter at 28x28 costs 16x the FLOPs of one at 7x7, so it is narrow where the maps
     # are big (16 channels) and wide where they are small (96); upsampling convolutions go
     # straight to the narrower width; one attention layer, in the middle at 7x7 / 8x8; no

@@ -72,9 +72,9 @@ def test_conditional_model_trains_once_then_reuses_its_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(pretrained, "train_short_run", fake_train)
     first = pretrained.conditional_model("class", fast=False, minutes=3)
-    assert len(calls) == 1 and calls[0].model == "small" and calls[0].max_minutes == 3
+    assert len(calls) == 1 and calls[0].model == CPU_RECIPE["model"] and calls[0].max_minutes == 3
     assert calls[0].conditioning == "class" and calls[0].out == "runs/05_fashion_class"
-    assert "training a class-conditional small U-Net for 3 minutes" in capsys.readouterr().out
+    assert f"training a class-conditional {CPU_RECIPE['model']} U-Net for 3 minutes" in capsys.readouterr().out
     again = pretrained.conditional_model("class", fast=False)
     assert len(calls) == 1 and "trained earlier" in capsys.readouterr().out
     assert torch.equal(next(again.model.parameters()), next(first.model.parameters()))

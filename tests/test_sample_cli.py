@@ -64,7 +64,8 @@ def test_the_pipeline_matches_the_sampler_called_by_hand(checkpoint):
     assert pipe.image_shape == (1, 28, 28) and pipe.diffusion.timesteps == 100
     ours = pipe.generate(3, sampler="ddim", steps=4, seed=1, batch_size=8)
     gen = torch.Generator().manual_seed(1)
-    by_hand = sample(pipe.model, pipe.schedule, (3, 1, 28, 28), sampler="ddim", steps=4, generator=gen)
+    by_hand = sample(pipe.model, pipe.schedule, (3, 1, 28, 28), sampler="ddim", steps=4, generator=gen,
+                     prediction_type=pipe.diffusion.prediction)
     assert torch.equal(ours, by_hand)
 
 

@@ -102,9 +102,9 @@ def test_course_model_trains_once_then_reuses_its_run(tmp_path, checkpoint, monk
 
     monkeypatch.setattr(pretrained, "train_short_run", fake_train)
     first = pretrained.course_model(fast=False, minutes=3)
-    assert len(calls) == 1 and calls[0].model == "small" and calls[0].max_minutes == 3
+    assert len(calls) == 1 and calls[0].model == CPU_RECIPE["model"] and calls[0].max_minutes == 3
     assert calls[0].out == str(pretrained.QUICK_RUN)
-    assert "training the small U-Net for 3 minutes" in capsys.readouterr().out
+    assert f"training the {CPU_RECIPE['model']} U-Net for 3 minutes" in capsys.readouterr().out
     again = pretrained.course_model(fast=False)
     assert len(calls) == 1 and "trained earlier" in capsys.readouterr().out
     assert torch.equal(next(again.model.parameters()), next(first.model.parameters()))

@@ -96,7 +96,7 @@ def _existing_run(tmp_path) -> Path:
         (["--dataset", "folder", "--data-dir", "/no/such/folder"], "--data-dir /no/such/folder does not exist"),
         (["--dataset", "folder"], "--dataset folder needs --data-dir"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1"),
-        (["--image-size", "30"], "--model small cannot take 30x30 images"),
+        (["--image-size", "30"], f"--model {CPU_RECIPE['model']} cannot take 30x30 images"),
         (["--precision", "fp16"], "precision fp16 needs a CUDA GPU"),
         (["--dataset", "mnist", "--hflip", "on"], "not allowed for mnist"),
         (["--grad-accum", "-1"], "grad_accum must be an integer >= 1"),
@@ -277,7 +277,10 @@ def _config(tmp_path, *args: str) -> TrainConfig:
 def test_with_no_options_a_cpu_run_gets_the_cpu_recipe_and_its_15_minutes(tmp_path):
     config = _config(tmp_path, "--device", "cpu")
     assert config == TrainConfig(**{**CPU_RECIPE, "device": "cpu", "out": str(tmp_path / "r")})
-    assert config.max_minutes == 15 and config.model == "small" and config.schedule == "cosine"
+    # the measured winner of benchmarks/ablations.py (README, "Ablations")
+    assert (config.model, config.schedule, config.prediction, config.min_snr) == ("tiny", "linear", "x0", 5.0)
+    assert (config.batch_size, config.lr, config.warmup_steps, config.ema_decay) == (64, 1e-3, 0, 0.9995)
+    assert config.max_minutes == 15
     assert _config(tmp_path, "--device", "cpu", "--recipe", "cpu") == config
     assert _config(tmp_path, "--device", "cpu", "--recipe", "auto") == config
 
@@ -309,5 +312,6 @@ def test_recipe_with_resume_is_refused(tmp_path, capsys):
 def test_help_lists_the_recipes(capsys):
     assert main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "cpu = --model small --schedule cosine" in text and "ddpm = --model ddpm-cifar10" in text
+    assert "cpu = --model tiny --schedule linear --prediction x0 --min-snr 5.0" in text
+    assert "ddpm = --model ddpm-cifar10" in text
     assert "(default: 128; cpu recipe: 64; ddpm recipe: 128)" in text
