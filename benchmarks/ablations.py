@@ -16,7 +16,8 @@ baseline, the combination of every factor's winner and the best single-factor ce
 default 3) at the full budget (``--final-minutes``, default 15) and compares samplers and step counts
 on the best of them
 (DDPM-1000 only with ``--ddpm-1000``: ``benchmarks/samplers.py`` measures it).
-Everything lands in ``--out`` (JSON per cell, ``results.json``, ``ablations.png``); the run is
+Everything lands in ``--out`` (JSON per cell, ``results.json``, ``ablations.png`` and
+``ablations-finals.png``); the run is
 resumable: a cell with a ``result.json`` is not trained again, so Ctrl-C and a rerun lose at most
 the cell in progress. All cells run in one process, one after another, so compare them only within
 one run, on one machine (``--device cuda`` runs the same study on CIFAR-10 with ``ddpm-cifar10``).
@@ -42,6 +43,7 @@ from pathlib import Path
 import torch
 
 from diffusion_course.batching import load_training_data
+from diffusion_course.experiments import format_ablations, plot_ablations
 from diffusion_course.pipeline import DiffusionPipeline
 from diffusion_course.runtime import get_device, seed_everything
 from diffusion_course.trainer import Trainer
@@ -205,34 +207,27 @@ def run_cell(cell: Cell, args, source, stats) -> Cell:
 # ---------------------------------------------------------------------------
 
 
-def table(cells: list[Cell], title: str) -> str:
-    base = next((c.result.get("fid") for c in cells if c.factor == "baseline" and c.result), None)
-    lines = [f"\n{title}",
-             f"{'cell':<22} {'factor':<11} {'steps':>6} {'img/s':>6} {'FID':>8} {'vs base':>8} {'KID':>8} "
-             f"{'prec':>5} {'rec':>5} {'sample s':>8}"]
-    for c in sorted((c for c in cells if c.result), key=lambda c: c.result["fid"]):
-        r = c.result
-        ratio = f"{r['fid'] / base:.2f}x" if base else "n/a"
-        lines.append(f"{c.name:<22} {c.factor:<11} {r['steps']:>6} {r['images_per_s']:>6.0f} {r['fid']:>8.3f} "
-                     f"{ratio:>8} {r['kid']:>8.4f} {r['precision']:>5.2f} {r['recall']:>5.2f} {r['sampling_s']:>8.1f}")
-    return "\n".join(lines)
+def table(cells: list[Cell], stage: str, title: str) -> str:
+    """The printed table of finished ``cells`` (one stage of the run), via :mod:`diffusion_course.experiments`."""
+    return format_ablations({stage: [_record(c) for c in cells]}, stage, title)
 
 
-def plot(cells: list[Cell], path: Path) -> None:
+def save_plots(summary: dict, out: Path) -> list[Path]:
+    """Draw each stage of ``summary`` that has a finished baseline (``ablations.png`` for the grid,
+    ``ablations-finals.png`` for the finals); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = sorted((c for c in cells if c.result), key=lambda c: c.result["fid"])
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(done) + 1.2))
-    ax.barh([f"{c.name} ({c.minutes:g} min)" for c in done], [c.result["fid"] for c in done],
-            color=["tab:orange" if c.factor == "baseline" else "tab:blue" for c in done])
-    ax.invert_yaxis()
-    ax.set(xlabel="FID on the course classifier's features (lower is better)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    written = []
+    for stage, name in (("grid", "ablations.png"), ("finals", "ablations-finals.png")):
+        if any(c["factor"] == "baseline" and c["result"] for c in summary.get(stage, [])):
+            fig = plot_ablations(summary, stage)
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            written.append(out / name)
+    return written
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +251,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also copy results.json (and the baseline's and champion's sample grids) to "
                         "benchmarks/results/ for notebook 04")
     p.add_argument("--ddpm-1000", action="store_true", help="also sample the champion with DDPM's 1000 steps")
+    p.add_argument("--from-record", type=Path, default=None,
+                   help="count the cells of this record (e.g. benchmarks/results/ablations.json) as finished, so "
+                        "a fresh clone goes on where the published run stopped")
     args = p.parse_args(argv)
     if args.quick:
         args.grid_minutes, args.final_minutes, args.num_samples = 0.05, 0.1, 64
@@ -265,13 +263,37 @@ def parse_args(argv=None) -> argparse.Namespace:
         get_device(args.device)
     except ValueError as err:
         p.error(str(err))
+    if args.from_record is not None and not args.from_record.is_file():
+        p.error(f"--from-record {args.from_record}: no such file")
     return args
+
+
+def seed_from_record(record: dict, out: Path) -> list[str]:
+    """Write a ``result.json`` for every finished cell of ``record`` that ``out`` lacks, so
+    :func:`run_cell` skips it; returns the cells' keys. (Their checkpoints are not in a record: the
+    champion's sampler comparison needs the checkpoint, so it is kept from the record instead.)"""
+    seeded = []
+    for stage in ("grid", "finals"):
+        for entry in record.get(stage, []):
+            if not entry.get("result"):
+                continue
+            key = Cell(entry["name"], entry["factor"], BASELINE, entry["minutes"]).key  # the name and budget decide it
+            done = out / "cells" / key / "result.json"
+            if not done.is_file():
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps(entry, indent=2) + "\n")
+                seeded.append(key)
+    return seeded
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(args.from_record.read_text()) if args.from_record else {}
+    if previous:
+        seeded = seed_from_record(previous, out)
+        print(f"{len(seeded)} cell(s) taken as finished from {args.from_record}", flush=True)
     global BASELINE
     if args.device == "cuda":  # the same study for CIFAR-10 on a GPU, around DDPM's network
         args.dataset = "cifar10"
@@ -290,7 +312,7 @@ def main(argv=None) -> int:
     summary = {"baseline": asdict(BASELINE), "grid": [_record(c) for c in grid]}
     if grid:
         title = f"Stage 1: every factor at {args.grid_minutes:g} min per cell ({args.dataset}, {args.device})"
-        print(table(grid, title))
+        print(table(grid, "grid", title))
     finals: list[Cell] = []
     if args.only != "grid":
         if not grid:
@@ -304,7 +326,7 @@ def main(argv=None) -> int:
             candidates.append(Cell("winners combined", "combined", combined, args.final_minutes))
         candidates += [Cell(c.name, c.factor, c.recipe, args.final_minutes) for c in best]
         finals = [run_cell(c, args, source, stats) for c in candidates]
-        print(table(finals, f"Stage 2: the finalists at {args.final_minutes:g} min"))
+        print(table(finals, "finals", f"Stage 2: the finalists at {args.final_minutes:g} min"))
         champion = min(finals, key=lambda c: c.result["fid"])
         base = next(c for c in finals if c.factor == "baseline")
         print(f"\nbest recipe: {champion.name}: {champion.recipe.describe()}")
@@ -312,10 +334,15 @@ def main(argv=None) -> int:
               f"{champion.result['fid'] / base.result['fid']:.2f}x (goal <= 0.6x)")
         samplers = {}
         checkpoint = Path(args.out) / "cells" / champion.key / "checkpoint.pt"
-        for sampler, steps in ((("ddpm", 1000),) if args.ddpm_1000 else ()) + SAMPLER_GRID:
-            key = f"{sampler}-{steps}"
-            print(f"sampling {champion.name} with {key} ...", flush=True)
-            samplers[key] = score(checkpoint, args, sampler, min(steps, champion.recipe.timesteps))
+        if not checkpoint.is_file() and previous.get("champion") == champion.name:
+            print(f"no checkpoint of {champion.name} here (its cell came from {args.from_record}): "
+                  "keeping that record's sampler comparison", flush=True)
+            samplers = dict(previous.get("samplers", {}))
+        else:
+            for sampler, steps in ((("ddpm", 1000),) if args.ddpm_1000 else ()) + SAMPLER_GRID:
+                key = f"{sampler}-{steps}"
+                print(f"sampling {champion.name} with {key} ...", flush=True)
+                samplers[key] = score(checkpoint, args, sampler, min(steps, champion.recipe.timesteps))
         print(f"\nsamplers on '{champion.name}' ({args.num_samples} samples each):")
         for key, r in samplers.items():
             print(f"  {key:<18} FID {r['fid']:8.3f}  KID {r['kid']:.4f}  {r['sampling_s']:7.1f} s "
@@ -325,9 +352,9 @@ def main(argv=None) -> int:
     summary["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
                           "num_samples": args.num_samples}
-    plot(grid + finals, out / "ablations.png")
+    plots = save_plots(summary, out)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nwrote {out / 'results.json'} and {out / 'ablations.png'}")
+    print(f"\nwrote {out / 'results.json'}" + "".join(f" and {p}" for p in plots))
     if args.publish:
         publish(summary, out, finals)
     return 0

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .sampler_comparison import load_record
-from .unet import UNet
+from .unet import UNet, example_inputs
 
 ABLATIONS_FILE = Path("benchmarks") / "results" / "ablations.json"
 """The committed copy of an ablation run, relative to the repository."""
@@ -62,6 +62,9 @@ class AblationRow:
     fid: float
     kid: float
     fid_vs_baseline: float  # this cell's FID / the baseline's at the same budget (< 1 is better)
+    precision: float | None = None  # Kynkaanniemi et al. 2019, in [0, 1]; None if the record lacks it
+    recall: float | None = None
+    sampling_s: float | None = None  # seconds to draw the cell's scored samples
 
 
 def ablation_rows(record: dict, stage: str = "grid") -> list[AblationRow]:
@@ -76,18 +79,26 @@ def ablation_rows(record: dict, stage: str = "grid") -> list[AblationRow]:
     if base is None:
         raise ValueError(f"the record's {stage!r} stage has no finished baseline cell to compare with")
     rows = [AblationRow(c["name"], c["factor"], c["minutes"], c["result"]["steps"], c["result"]["images_per_s"],
-                        c["result"]["fid"], c["result"]["kid"], c["result"]["fid"] / base) for c in cells]
+                        c["result"]["fid"], c["result"]["kid"], c["result"]["fid"] / base,
+                        c["result"].get("precision"), c["result"].get("recall"), c["result"].get("sampling_s"))
+            for c in cells]
     return sorted(rows, key=lambda r: r.fid)
 
 
-def format_ablations(record: dict, stage: str = "grid") -> str:
-    """A printable table of :func:`ablation_rows`."""
+def format_ablations(record: dict, stage: str = "grid", title: str | None = None) -> str:
+    """A printable table of :func:`ablation_rows`, under ``title`` if given. Precision, recall and
+    sampling time show as ``-`` where the record lacks them."""
+    def num(value: float | None, width: int, digits: int) -> str:
+        return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
     rows = ablation_rows(record, stage)
-    lines = [f"{'cell':<22} {'factor':<11} {'min':>4} {'steps':>6} {'img/s':>6} {'FID':>7} {'vs base':>8} "
-             f"{'KID':>7}"]
+    lines = [title] if title else []
+    lines.append(f"{'cell':<22} {'factor':<11} {'min':>4} {'steps':>6} {'img/s':>6} {'FID':>7} {'vs base':>8} "
+                 f"{'KID':>7} {'prec':>5} {'rec':>5} {'sample s':>8}")
     for r in rows:
         lines.append(f"{r.name:<22} {r.factor:<11} {r.minutes:>4g} {r.steps:>6} {r.images_per_s:>6.0f} "
-                     f"{r.fid:>7.3f} {r.fid_vs_baseline:>7.2f}x {r.kid:>7.4f}")
+                     f"{r.fid:>7.3f} {r.fid_vs_baseline:>7.2f}x {r.kid:>7.4f} {num(r.precision, 5, 2)} "
+                     f"{num(r.recall, 5, 2)} {num(r.sampling_s, 8, 1)}")
     return "\n".join(lines)
 
 
@@ -164,14 +175,10 @@ def cost_by_resolution(model: UNet, image_size: int | None = None) -> list[Resol
 
         handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     seen: set[str] = set()
-    p = next(model.parameters())
-    x = torch.randn(1, c.in_channels, side, side, device=p.device, dtype=p.dtype)
-    t = torch.zeros(1, dtype=torch.long, device=p.device)
-    labels = torch.zeros(1, dtype=torch.long, device=p.device) if c.num_classes else None
-    context = torch.randn(1, 16, c.context_dim, device=p.device, dtype=p.dtype) if c.context_dim else None
+    inputs = example_inputs(model, 1, side)
     try:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-            model(x, t, class_labels=labels, context=context)
+            model(**inputs)
     finally:
         for handle in handles:
             handle.remove()

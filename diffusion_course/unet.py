@@ -56,6 +56,7 @@ __all__ = [
     "Upsample",
     "conv_receptive_field",
     "count_parameters",
+    "example_inputs",
     "forward_flops",
     "get_config",
     "timestep_embedding",
@@ -734,11 +735,31 @@ def conv_receptive_field(layers: Iterable[nn.Conv2d | tuple[int, int]]) -> int:
     return r
 
 
+def example_inputs(model: UNet, batch: int = 1, image_size: int | None = None,
+                   context_length: int = 16) -> dict[str, torch.Tensor | None]:
+    """Random inputs for one forward pass of ``model``, on its device and in its dtype:
+    ``{"x": [batch, C, side, side], "t": [batch] zeros, "class_labels": [batch] zeros or None,
+    "context": [batch, context_length, context_dim] or None}``, ready for ``model(**inputs)``.
+
+    ``image_size`` overrides the config's side. Used to count FLOPs, where only shapes matter.
+    """
+    c = model.config
+    p = next(model.parameters())
+    side = image_size or c.image_size
+    return {
+        "x": torch.randn(batch, c.in_channels, side, side, device=p.device, dtype=p.dtype),
+        "t": torch.zeros(batch, dtype=torch.long, device=p.device),
+        "class_labels": torch.zeros(batch, dtype=torch.long, device=p.device) if c.num_classes else None,
+        "context": torch.randn(batch, context_length, c.context_dim, device=p.device, dtype=p.dtype)
+        if c.context_dim else None,
+    }
+
+
 def forward_flops(model: UNet, batch: int = 1, image_size: int | None = None, context_length: int = 16) -> int:
     """Floating-point operations of one forward pass, counted by ``torch.utils.flop_counter``.
 
     Runs the model once on random inputs of ``batch`` images of ``model.config``'s shape
-    (``image_size`` overrides the side). The counter counts a multiply-add as 2 FLOPs and
+    (``image_size`` overrides the side; :func:`example_inputs`). The counter counts a multiply-add as 2 FLOPs and
     covers convolutions and matrix products (the vast majority of the work; normalisation
     and activations are not counted). Attention is run with the "math" backend while
     counting, because the fused CPU attention kernel is not registered with the counter.
@@ -747,14 +768,7 @@ def forward_flops(model: UNet, batch: int = 1, image_size: int | None = None, co
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    c = model.config
-    p = next(model.parameters())
-    side = image_size or c.image_size
-    x = torch.randn(batch, c.in_channels, side, side, device=p.device, dtype=p.dtype)
-    t = torch.zeros(batch, dtype=torch.long, device=p.device)
-    labels = torch.zeros(batch, dtype=torch.long, device=p.device) if c.num_classes else None
-    context = torch.randn(batch, context_length, c.context_dim, device=p.device, dtype=p.dtype) \
-        if c.context_dim else None
+    inputs = example_inputs(model, batch, image_size, context_length)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(x, t, class_labels=labels, context=context)
+        model(**inputs)
     return counter.get_total_flops()

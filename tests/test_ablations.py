@@ -73,8 +73,13 @@ def test_a_finished_cell_is_not_trained_again(ablations, tmp_path, monkeypatch, 
     saved = json.loads((tmp_path / "cells" / cell.key / "result.json").read_text())
     assert saved["result"]["fid"] == 1.5 and saved["recipe"]["model"] == "small"
     assert "[skip] baseline" in capsys.readouterr().out
-    report = ablations.table([cell], "title")
-    assert "baseline" in report and "1.500" in report and "1.00x" in report
+    report = ablations.table([cell], "grid", "title")
+    assert report.splitlines()[0] == "title"
+    row = report.splitlines()[2].split()
+    assert row[0] == "baseline" and "1.500" in row and "1.00x" in row
+    assert row[-3:] == ["0.90", "0.80", "2.0"]  # precision, recall, sampling seconds
+    plots = ablations.save_plots({"grid": [ablations._record(cell)], "finals": []}, tmp_path)
+    assert plots == [tmp_path / "ablations.png"] and plots[0].stat().st_size > 1000
 
 
 def test_bad_flags_exit_2(ablations):
@@ -104,3 +109,24 @@ def test_publish_copies_the_record_and_the_two_sample_grids(ablations, tmp_path)
     assert (target.parent / "ablations-champion.png").read_bytes() == b"x0"
     assert sorted(p.name for p in target.parent.iterdir()) == [
         "ablations-baseline.png", "ablations-champion.png", "ablations.json"]
+
+
+def test_a_published_record_seeds_the_finished_cells_of_a_fresh_clone(ablations, tmp_path, monkeypatch, capsys):
+    """--from-record: the published grid counts as done, so only what the record lacks would train."""
+    record = json.loads((REPO / "benchmarks" / "results" / "ablations.json").read_text())
+    out = tmp_path / "run"
+    seeded = ablations.seed_from_record(record, out)
+    grid = ablations.grid_cells(record["grid"][0]["minutes"])
+    assert {c.key for c in grid} <= set(seeded)  # the record's keys are the ones a rerun looks for
+    assert len(seeded) == len(record["grid"]) + len(record["finals"])
+    wide = json.loads((out / "cells" / next(c.key for c in grid if c.name == "wide") / "result.json").read_text())
+    assert wide["recipe"]["unet"] == [["base_channels", 24]] and wide["result"] == next(
+        c["result"] for c in record["grid"] if c["name"] == "wide")
+    monkeypatch.setattr(ablations, "train_cell", lambda *a: pytest.fail("a seeded cell must not train"))
+    args = ablations.parse_args(["--out", str(out), "--quick"])
+    cell = ablations.run_cell(next(c for c in grid if c.name == "x0"), args, None, None)
+    assert cell.result["fid"] == next(c["result"]["fid"] for c in record["grid"] if c["name"] == "x0")
+    assert ablations.seed_from_record(record, out) == []  # nothing is overwritten
+    with pytest.raises(SystemExit) as exc:
+        ablations.parse_args(["--from-record", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2

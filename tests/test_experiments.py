@@ -39,6 +39,12 @@ def test_rows_are_best_first_and_relative_to_the_stages_baseline():
     assert rows[0].steps == 200 and rows[0].images_per_s == 100.0 and rows[0].kid == 0.1
     table = format_ablations(RECORD)
     assert table.splitlines()[1].split()[:2] == ["tiny", "size"] and "0.50x" in table and "1.25x" in table
+    assert table.splitlines()[1].split()[-3:] == ["-", "-", "-"]  # no precision, recall or time recorded
+    scored = {"grid": [dict(c, result=dict(c["result"], precision=0.7, recall=0.6, sampling_s=12.5))
+                       for c in RECORD["grid"][:2]]}
+    assert ablation_rows(scored)[0].precision == 0.7
+    table = format_ablations(scored, title="Stage 1")
+    assert table.splitlines()[0] == "Stage 1" and table.splitlines()[2].split()[-3:] == ["0.70", "0.60", "12.5"]
 
 
 def test_a_stage_without_a_baseline_or_an_unknown_stage_is_refused():
