@@ -78,7 +78,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffusion_course.benchmarking import diffusers_opponent, peak_tflops, training_speed
+from diffusion_course.benchmarking import DIFFUSERS_OPPONENTS, diffusers_opponent, peak_tflops, training_speed
+from diffusion_course.training import CPU_RECIPE
 from diffusion_course.unet import PRESETS, UNet, count_parameters, forward_flops
 
 
@@ -103,7 +104,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 32], help="image sides to time (default 28 32)")
     p.add_argument("--presets", nargs="+", default=list(PRESETS), help="presets for the parameter/FLOP table")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per available core)")
+    p.add_argument("--models", nargs="+", default=[CPU_RECIPE["model"], "small"],
+                   help="course presets to race against their diffusers opponents (default: the CPU recipe's "
+                        f"{CPU_RECIPE['model']!r}, then 'small')")
     p.add_argument("--channels-last", action="store_true", help="time both models in channels_last memory format")
+    p.add_argument("--no-layouts", action="store_true",
+                   help="skip the table of tiny-sized layouts (where the parameters sit across resolutions)")
+    p.add_argument("--compile", action="store_true", help="time both models through torch.compile (inductor, CPU)")
+    p.add_argument("--trainer-steps", type=int, default=40,
+                   help="also time the course Trainer on Fashion-MNIST with the CPU recipe for this many steps, "
+                        "to show what the data path, EMA and bookkeeping cost on top of the bare model (0: skip)")
     p.add_argument("--no-diffusers", action="store_true", help="time only the course U-Net")
     p.add_argument("--gpu-batch-size", type=int, default=128, help="batch for the GPU ddpm-cifar10 measurement")
     p.add_argument("--gpu-steps", type=int, default=20, help="timed steps for the GPU measurement")
@@ -112,9 +122,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problems = []
     if args.steps < 1 or args.batch_size < 1 or args.gpu_steps < 1 or args.gpu_batch_size < 1:
         problems.append("--steps, --batch-size, --gpu-steps and --gpu-batch-size must be positive")
+    if args.trainer_steps < 0:
+        problems.append("--trainer-steps must be 0 (skip) or positive")
     unknown = [n for n in args.presets if n not in PRESETS]
+    unknown += [n for n in args.models if n not in DIFFUSERS_OPPONENTS]
     if unknown:
-        problems.append(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+        problems.append(f"unknown preset(s) {', '.join(unknown)}; --presets takes {', '.join(PRESETS)}, "
+                        f"--models takes {', '.join(DIFFUSERS_OPPONENTS)}")
     bad_sizes = [s for s in args.sizes if s < 4 or s % 4]
     if bad_sizes:
         problems.append(f"--sizes must be multiples of 4 (the small U-Net halves twice), got {bad_sizes}")
@@ -155,10 +169,13 @@ def print_preset_table(names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def make_step(model: torch.nn.Module, batch: int, channels: int, size: int, channels_last: bool, seed: int):
+def make_step(model: torch.nn.Module, batch: int, channels: int, size: int, channels_last: bool, seed: int,
+              compile_model: bool = False):
     """Return a function that runs one training step (eps-prediction MSE + AdamW) and times it.
 
     The step function returns (wall-clock seconds, CPU seconds summed over our threads).
+    ``compile_model`` compiles the module in place (``nn.Module.compile``, inductor): the first
+    call then takes a minute or two, which the caller's warm-up step absorbs.
     """
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.rand(batch, channels, size, size, generator=gen) * 2 - 1
@@ -169,9 +186,11 @@ def make_step(model: torch.nn.Module, batch: int, channels: int, size: int, chan
         model = model.to(memory_format=torch.channels_last)
         x_t = x_t.contiguous(memory_format=torch.channels_last)
         noise = noise.contiguous(memory_format=torch.channels_last)
+    is_diffusers = not isinstance(model, UNet)
+    if compile_model:
+        model.compile()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    is_diffusers = not isinstance(model, UNet)
 
     def step() -> tuple[float, float]:
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -185,10 +204,53 @@ def make_step(model: torch.nn.Module, batch: int, channels: int, size: int, chan
     return step
 
 
-def time_cpu(args: argparse.Namespace) -> None:
+def race(preset: str, size: int, channels: int, args: argparse.Namespace, with_diffusers: bool) -> list[Timing]:
+    """Time ``preset`` and (``with_diffusers``) its diffusers opponent, steps interleaved A B A B."""
+    torch.manual_seed(0)
+    ours = UNet.from_preset(preset, image_size=size, in_channels=channels, out_channels=channels)
+    entries = [Timing(f"course {preset}", count_parameters(ours))]
+    steps = [make_step(ours, args.batch_size, channels, size, args.channels_last, 1, args.compile)]
+    if with_diffusers:
+        theirs = diffusers_opponent(size, channels, preset)
+        entries.append(Timing("diffusers", count_parameters(theirs)))
+        steps.append(make_step(theirs, args.batch_size, channels, size, args.channels_last, 1, args.compile))
+    for step in steps:  # warm-up: oneDNN picks its kernels, the allocator fills up, inductor compiles
+        step()
+    for _ in range(args.steps):  # interleaved A B A B, so both see the same machine load
+        for entry, step in zip(entries, steps, strict=True):
+            wall, cpu = step()
+            entry.seconds.append(wall)
+            entry.cpu_seconds.append(cpu)
+    return entries
+
+
+def report_race(entries: list[Timing], batch: int) -> float | None:
+    """Print one race; returns the median speed-up course/diffusers (None without an opponent)."""
+    for e in entries:
+        print(f"{e.name:<14}{e.params:>11,} params {e.images_per_second(batch):7.1f} img/s "
+              f"{e.images_per_cpu_second(batch):7.1f} img/CPU-s  "
+              f"(medians of {len(e.seconds)}; step times {', '.join(f'{s:.2f}' for s in e.seconds)} s)")
+    if len(entries) < 2:
+        return None
+    a, b = entries
+    gap = abs(b.params - a.params) / a.params
+    note = "" if gap <= 0.10 else "  <-- WARNING: more than 10 % apart, not a fair comparison"
+    ratio = a.images_per_second(batch) / b.images_per_second(batch)
+    best = min(b.seconds) / min(a.seconds)
+    paired = statistics.median(tb / ta for ta, tb in zip(a.seconds, b.seconds, strict=True))
+    cpu = a.images_per_cpu_second(batch) / b.images_per_cpu_second(batch)
+    print(f"speed-up course/diffusers: {ratio:.2f}x (median img/s); {paired:.2f}x (median of paired steps), "
+          f"{best:.2f}x (fastest steps), {cpu:.2f}x (per CPU-second); "
+          f"parameter counts {100 * gap:.1f} % apart{note}")
+    return ratio
+
+
+def time_cpu(args: argparse.Namespace) -> dict[tuple[str, int], float]:
+    """Race every ``--models`` preset against its opponent at every ``--sizes``; returns the speed-ups."""
+    layout = "channels_last" if args.channels_last else "NCHW"
     print(f"\n== CPU training throughput: batch {args.batch_size}, {args.steps} timed steps per model "
-          f"(+1 warm-up), {torch.get_num_threads()} threads, "
-          f"{'channels_last' if args.channels_last else 'NCHW'} ==")
+          f"(+1 warm-up), {torch.get_num_threads()} threads, {layout}"
+          f"{', torch.compile' if args.compile else ''} ==")
     with_diffusers = not args.no_diffusers
     if with_diffusers:
         try:
@@ -196,39 +258,100 @@ def time_cpu(args: argparse.Namespace) -> None:
         except ImportError:
             print("diffusers is not installed: timing only the course U-Net (pip install diffusers to compare)")
             with_diffusers = False
-    for size in args.sizes:
-        channels = 1 if size == 28 else 3  # MNIST-like and CIFAR-like
-        torch.manual_seed(0)
-        ours = UNet.from_preset("small", image_size=size, in_channels=channels, out_channels=channels)
-        entries = [Timing("course small", count_parameters(ours))]
-        steps = [make_step(ours, args.batch_size, channels, size, args.channels_last, seed=1)]
-        if with_diffusers:
-            theirs = diffusers_opponent(size, channels)
-            entries.append(Timing("diffusers", count_parameters(theirs)))
-            steps.append(make_step(theirs, args.batch_size, channels, size, args.channels_last, seed=1))
-        for step in steps:  # warm-up: oneDNN picks its kernels and the allocator fills up
-            step()
-        for _ in range(args.steps):  # interleaved A B A B, so both see the same machine load
-            for entry, step in zip(entries, steps, strict=True):
-                wall, cpu = step()
-                entry.seconds.append(wall)
-                entry.cpu_seconds.append(cpu)
-        print(f"-- {size}x{size}x{channels} --")
-        for e in entries:
-            print(f"{e.name:<14}{e.params:>11,} params {e.images_per_second(args.batch_size):7.1f} img/s "
-                  f"{e.images_per_cpu_second(args.batch_size):7.1f} img/CPU-s  "
-                  f"(medians of {len(e.seconds)}; step times {', '.join(f'{s:.2f}' for s in e.seconds)} s)")
-        if with_diffusers:
-            a, b = entries
-            gap = abs(b.params - a.params) / a.params
-            note = "" if gap <= 0.10 else "  <-- WARNING: more than 10 % apart, not a fair comparison"
-            ratio = a.images_per_second(args.batch_size) / b.images_per_second(args.batch_size)
-            best = min(b.seconds) / min(a.seconds)
-            paired = statistics.median(tb / ta for ta, tb in zip(a.seconds, b.seconds, strict=True))
-            cpu = a.images_per_cpu_second(args.batch_size) / b.images_per_cpu_second(args.batch_size)
-            print(f"speed-up course/diffusers: {ratio:.2f}x (median img/s); {paired:.2f}x (median of paired steps), "
-                  f"{best:.2f}x (fastest steps), {cpu:.2f}x (per CPU-second); "
-                  f"parameter counts {100 * gap:.1f} % apart{note}")
+    ratios = {}
+    for preset in args.models:
+        for size in args.sizes:
+            channels = 1 if size == 28 else 3  # MNIST-like and CIFAR-like
+            print(f"-- {preset} at {size}x{size}x{channels} --")
+            ratio = report_race(race(preset, size, channels, args, with_diffusers), args.batch_size)
+            if ratio is not None:
+                ratios[(preset, size)] = ratio
+    return ratios
+
+
+LAYOUTS: dict[str, dict] = {
+    "tiny": {},
+    "tiny, lean upsampling": {"lean_upsample": True},
+    "8/16/48 channels, lean": {"base_channels": 8, "channel_mults": (1, 2, 6), "lean_upsample": True},
+}
+"""Where the parameters sit: ``tiny`` and two layouts of about its parameter count that move width
+from the 28x28 level to the 7x7 one (overrides of the ``tiny`` preset)."""
+
+
+def time_layouts(args: argparse.Namespace) -> None:
+    """The lever "where the parameters sit across resolutions": :data:`LAYOUTS` at 28x28x1, each
+    with its parameters, forward FLOPs and training speed, next to tiny's diffusers opponent, all
+    steps interleaved. Speed only: what a layout does to image quality needs an ablation cell."""
+    from diffusion_course.unet import get_config
+
+    size, channels = 28, 1
+    print(f"\n== Where the parameters sit: layouts of about tiny's size at {size}x{size}x{channels}, "
+          f"batch {args.batch_size} ==")
+    models = {name: UNet(get_config("tiny", image_size=size, in_channels=channels, out_channels=channels, **over))
+              for name, over in LAYOUTS.items()}
+    entries = {name: Timing(name, count_parameters(m)) for name, m in models.items()}
+    steps = {name: make_step(m, args.batch_size, channels, size, args.channels_last, 1) for name, m in models.items()}
+    if not args.no_diffusers:
+        try:
+            opponent = diffusers_opponent(size, channels, "tiny")
+        except ImportError:
+            opponent = None
+        if opponent is not None:
+            entries["diffusers (tiny's opponent)"] = Timing("diffusers", count_parameters(opponent))
+            steps["diffusers (tiny's opponent)"] = make_step(opponent, args.batch_size, channels, size,
+                                                              args.channels_last, 1)
+    for step in steps.values():
+        step()
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            entries[name].seconds.append(step()[0])
+    theirs = entries.get("diffusers (tiny's opponent)")
+    print(f"{'layout':<30}{'params':>10}{'fwd MFLOPs':>12}{'img/s':>9}{'vs diffusers':>14}")
+    for name, entry in entries.items():
+        flops = forward_flops(models[name], image_size=size) / 1e6 if name in models else float("nan")
+        speed = entry.images_per_second(args.batch_size)
+        ratio = f"{speed / theirs.images_per_second(args.batch_size):.2f}x" if theirs else "n/a"
+        print(f"{name:<30}{entry.params:>10,}{flops:>12.1f}{speed:>9.1f}{ratio:>14}")
+
+
+def time_trainer(args: argparse.Namespace) -> None:
+    """The course Trainer with the CPU recipe on Fashion-MNIST, next to its bare model at the same batch.
+
+    The gap is what the trainer adds per step: drawing the batch and t, q_sample, the loss
+    weighting, EMA, the learning-rate schedule, logging and the progress bar.
+    """
+    import tempfile
+
+    from diffusion_course.batching import load_training_data
+    from diffusion_course.data import DatasetUnavailableError
+    from diffusion_course.pretrained import notebook_03_recipe
+    from diffusion_course.trainer import Trainer
+    from diffusion_course.training import build_diffusion_config, build_objective
+
+    print(f"\n== The course Trainer vs its bare model: CPU recipe ({CPU_RECIPE['model']}, batch "
+          f"{CPU_RECIPE['batch_size']}), Fashion-MNIST, {args.trainer_steps} steps ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = notebook_03_recipe(tmp, minutes=None, max_steps=args.trainer_steps + 5)
+        config.checkpoint_every, config.progress = 0, False
+        try:
+            source, stats = load_training_data(config, torch.device("cpu"), progress=False)
+        except DatasetUnavailableError as err:
+            print(f"skipped: {err}")
+            return
+        diffusion = build_diffusion_config(config)
+        model = UNet.from_preset(config.model, image_size=stats["image_size"], in_channels=stats["channels"],
+                                 out_channels=diffusion.output_channels(stats["channels"]))
+        trainer = Trainer(config, model, source, objective=build_objective(config), device="cpu", data_stats=stats)
+        result = trainer.train()
+    bare = Timing(f"bare {config.model}", count_parameters(model))
+    step = make_step(UNet.from_preset(config.model, image_size=28, in_channels=1, out_channels=1),
+                     config.batch_size, 1, 28, False, 1)
+    step()
+    for _ in range(min(args.trainer_steps, 20)):
+        bare.seconds.append(step()[0])
+    trained, raw = result.images_per_second, bare.images_per_second(config.batch_size)
+    print(f"Trainer: {trained:.1f} img/s over {result.step} steps; bare model: {raw:.1f} img/s; "
+          f"the trainer keeps {100 * trained / raw:.0f} % of the bare speed")
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,7 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {available_cores()} cores, "
           f"{threads} torch threads, load average {load:.1f} (a busy machine makes wall-clock speeds noisy)")
     print_preset_table(args.presets)
-    time_cpu(args)
+    ratios = time_cpu(args)
+    if ratios:
+        print("\nspeed-ups (median img/s, course/diffusers at equal parameters; goal >= 5x for the default model "
+              f"{CPU_RECIPE['model']!r}): " + ", ".join(f"{p} {s}x{s}: {r:.2f}x" for (p, s), r in ratios.items()))
+    if not args.no_layouts:
+        time_layouts(args)
+    if args.trainer_steps:
+        time_trainer(args)
     time_gpu(args)
     return 0
 

@@ -22,22 +22,41 @@ import torch
 
 from .unet import UNet, forward_flops
 
-DIFFUSERS_OPPONENT = dict(
-    block_out_channels=(32, 64, 64),
-    layers_per_block=2,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-)
-"""The diffusers ``UNet2DModel`` the CPU benchmarks race against the ``small`` preset (every other
-argument at its default): diffusers' default block layout cut to three levels, at the widths of the
-MNIST model of Hugging Face's diffusion course; 1.71 M parameters, 3.3 % more than ``small``."""
+DIFFUSERS_OPPONENTS: dict[str, dict] = {
+    # diffusers' default block layout (a plain ResNet level at full resolution, attention levels
+    # below it, two ResNet blocks per level) cut to three levels, because 28 -> 14 -> 7 cannot
+    # be halved again; every other argument at its default unless the widths force it.
+    "small": dict(  # the widths of the MNIST model of Hugging Face's diffusion course, unit 1
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    ),
+    "tiny": dict(  # the same layout narrowed to tiny's parameter count; 16- and 24-channel levels
+        # cannot be split into the default 32 GroupNorm groups, so 8 (tiny's own setting)
+        block_out_channels=(16, 24, 24),
+        layers_per_block=2,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    ),
+}
+"""The diffusers ``UNet2DModel`` the CPU benchmarks race against each course preset, at equal
+parameters: 1.71 M against ``small``'s 1.65 M (3.3 % apart); 0.269 M against ``tiny``'s 0.267 M
+(0.7 % apart, 28x28x1)."""
+
+DIFFUSERS_OPPONENT = DIFFUSERS_OPPONENTS["small"]
+"""The opponent of the ``small`` preset (``benchmarks/train_quality.py`` races it)."""
 
 
-def diffusers_opponent(size: int, channels: int):
-    """The :data:`DIFFUSERS_OPPONENT` for ``channels`` x ``size``^2 images (needs diffusers, a test-only dependency)."""
+def diffusers_opponent(size: int, channels: int, preset: str = "small"):
+    """The ``UNet2DModel`` of :data:`DIFFUSERS_OPPONENTS` for ``preset`` and ``channels`` x ``size``^2 images
+    (needs diffusers, a test-only dependency)."""
     from diffusers import UNet2DModel
 
-    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, **DIFFUSERS_OPPONENT)
+    if preset not in DIFFUSERS_OPPONENTS:
+        raise ValueError(f"no diffusers opponent for preset {preset!r}; choose one of {', '.join(DIFFUSERS_OPPONENTS)}")
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, **DIFFUSERS_OPPONENTS[preset])
 
 
 PEAK_BF16_TFLOPS: dict[str, float] = {

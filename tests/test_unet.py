@@ -672,6 +672,20 @@ def test_forward_flops_counts_convolutions_and_attention():
     assert forward_flops(UNet.from_preset("ddpm-cifar10")) / 2e9 == pytest.approx(6.2, rel=0.02)
 
 
+def test_example_inputs_fit_the_model_and_follow_its_conditioning():
+    from diffusion_course.unet import example_inputs
+
+    plain = example_inputs(tiny(), batch=2, image_size=16)
+    assert plain["x"].shape == (2, 3, 16, 16) and plain["t"].shape == (2,) and plain["t"].dtype == torch.long
+    assert plain["class_labels"] is None and plain["context"] is None
+    model = tiny(num_classes=10, context_dim=12, attention_resolutions=(16,))
+    inputs = example_inputs(model, batch=3, context_length=5)
+    assert inputs["x"].shape == (3, 3, 32, 32)
+    assert inputs["class_labels"].shape == (3,) and inputs["context"].shape == (3, 5, 12)
+    with torch.no_grad():
+        assert model(**inputs).shape == (3, 3, 32, 32)
+
+
 def test_forward_flops_conditioned_model():
     model = tiny(num_classes=5, context_dim=8)
     assert forward_flops(model) > forward_flops(tiny())
@@ -724,26 +738,40 @@ def test_benchmark_runs_in_a_tiny_setting(capsys):
     bench = _benchmark_module()
     threads = torch.get_num_threads()
     try:
-        assert bench.main(["--steps", "1", "--batch-size", "2", "--sizes", "8", "--presets", "tiny"]) == 0
+        assert bench.main(["--steps", "1", "--batch-size", "2", "--sizes", "8", "--presets", "tiny",
+                           "--trainer-steps", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "tiny" in out and "course small" in out and "speed-up course/diffusers" in out
+    assert "-- tiny at 8x8x3 --" in out and "-- small at 8x8x3 --" in out  # the default model first
+    assert "course tiny" in out and "course small" in out and out.count("speed-up course/diffusers") == 2
+    assert "goal >= 5x for the default model 'tiny'): tiny 8x8: " in out
+    assert "the trainer keeps" in out and "bare model:" in out
+    assert "Where the parameters sit" in out and "8/16/48 channels, lean" in out
     assert "skipped: no CUDA GPU" in out or "MFU" in out
 
 
 def test_benchmark_rejects_bad_flags():
     bench = _benchmark_module()
-    with pytest.raises(SystemExit) as exc:
-        bench.parse_args(["--presets", "huge"])
-    assert exc.value.code == 2
+    for bad in (["--presets", "huge"], ["--models", "ddpm-cifar10"], ["--trainer-steps", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(bad)
+        assert exc.value.code == 2, bad
 
 
-def test_benchmark_diffusers_model_matches_small_within_ten_percent():
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_benchmark_diffusers_model_matches_its_preset_within_ten_percent(preset):
     from diffusion_course.benchmarking import diffusers_opponent
 
     for size, channels in [(28, 1), (32, 3)]:
-        ours = count_parameters(UNet.from_preset("small", image_size=size, in_channels=channels,
+        ours = count_parameters(UNet.from_preset(preset, image_size=size, in_channels=channels,
                                                  out_channels=channels))
-        theirs = count_parameters(diffusers_opponent(size, channels))
+        theirs = count_parameters(diffusers_opponent(size, channels, preset))
         assert math.isclose(theirs, ours, rel_tol=0.10), (ours, theirs)
+
+
+def test_benchmark_has_no_opponent_for_an_unknown_preset():
+    from diffusion_course.benchmarking import diffusers_opponent
+
+    with pytest.raises(ValueError, match="no diffusers opponent for preset 'huge'"):
+        diffusers_opponent(28, 1, "huge")
