@@ -293,6 +293,7 @@ def evaluate_prompts(
     extractor=None,
     report: bool = True,
     real_limit: int | None = None,
+    keep_images: bool = False,
 ) -> dict:
     """Class accuracy of a text-conditioned model asked for each class in ``split``'s words.
 
@@ -308,6 +309,8 @@ def evaluate_prompts(
         extractor: the judge (default: the course classifier of the model's dataset).
         report: also compute the full quality report of the samples (FID etc.); ``False`` only
             asks the classifier for its class probabilities.
+        keep_images: also return the samples (``"images"`` ``[N, C, H, W]`` in [-1, 1]) and the
+            classes they were asked for (``"labels"`` ``[N]``), e.g. to draw or score them elsewhere.
 
     Returns:
         ``{"dataset", "split", "encoder", "guidance", "samples", "class_accuracy",
@@ -343,7 +346,9 @@ def evaluate_prompts(
 
         words = [w for p in asked for w in split_words(p)]
         unknown = sum(w not in tokenizer.ids for w in words) / max(1, len(words))
+    kept = {"images": images, "labels": labels} if keep_images else {}
     return {
+        **kept,
         "dataset": dataset,
         "split": split,
         "encoder": config.text.kind,

@@ -34,7 +34,8 @@ def checkpoints(tmp_path_factory):
               "--max-steps", "1", "--sample-every", "0", "--no-progress", "--device", "cpu"]
     assert train([*common, "--conditioning", "class", "--out", str(root / "class")]) == 0
     assert train([*common, "--out", str(root / "plain")]) == 0
-    return root / "class" / "checkpoint.pt", root / "plain" / "checkpoint.pt"
+    assert train([*common, "--conditioning", "text", "--out", str(root / "text")]) == 0
+    return root / "class" / "checkpoint.pt", root / "plain" / "checkpoint.pt", root / "text" / "checkpoint.pt"
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_the_whole_sweep_runs_and_writes_its_table_json_and_grids(bench, checkpo
     out = tmp_path / "out"
     args = ["--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]), "--num-samples", "10",
             "--steps", "2", "--scales", "0", "2", "--classifier-scales", "1", "--real", "16", "--batch-size", "4",
-            "--out", str(out)]
+            "--text-encoders", "--out", str(out)]
     assert bench.main(args) == 0
     printed = capsys.readouterr().out
     names = ["CFG w=0", "CFG w=2", "unconditional model", "classifier guid. s=1"]
@@ -95,6 +96,58 @@ def test_the_text_hook_adds_its_rows_to_the_table(bench, checkpoints, stand_ins,
     assert {"args", "labels", "extractor", "measure"} <= set(seen) and seen["labels"].tolist() == list(range(10))
 
 
+def test_a_text_model_is_asked_in_unseen_words_then_in_its_training_words(bench, checkpoints, stand_ins, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]),
+            "--text-checkpoint", str(checkpoints[2]), "--num-samples", "10", "--steps", "1", "--scales", "1",
+            "--classifier-scales", "--text-scales", "0", "2", "--real", "16", "--out", str(out)]
+    assert bench.main(args) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    text = [r for r in results["rows"] if r["name"].startswith("text")]
+    assert [r["name"] for r in text][:2] == ["text (course) w=0, unseen words", "text (course) w=2, unseen words"]
+    assert [r["split"] for r in text] == ["heldout", "heldout", "train"]
+    best = max(text[:2], key=lambda r: r["class_accuracy"])
+    assert text[2]["guidance"] == best["guidance"] and text[2]["name"].endswith("training words")
+    assert all(r["num_samples"] == 10 and r["class_accuracy"] is not None for r in text)
+    assert text[0]["unknown_word_fraction"] > 0.5 and text[2]["unknown_word_fraction"] == 0.0
+    assert results["text_verdict"]["course"]["best"] == best["name"]
+    assert not results["text_verdict"]["course"]["goal_applies"]
+    assert "text (course), unseen words: best" in printed and "reported (the goal is for a pretrained" in printed
+    assert len(list(out.glob("grid_text*.png"))) == 3
+
+
+def test_an_unavailable_pretrained_encoder_is_skipped_in_one_line(bench, checkpoints, stand_ins, tmp_path,
+                                                                  monkeypatch, capsys):
+    from diffusion_course import conditioning
+
+    def offline(name):
+        raise conditioning.TextEncoderUnavailable(f"cannot load the pretrained text encoder {name!r} (offline)")
+
+    monkeypatch.setattr(conditioning, "load_pretrained", offline)
+    monkeypatch.setattr(bench, "train_model", lambda *a, **k: pytest.fail("nothing may train for a skipped encoder"))
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]), "--text-encoders", "clip",
+            "--num-samples", "10", "--steps", "1", "--scales", "1", "--classifier-scales", "--real", "16",
+            "--out", str(out)]
+    assert bench.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "text (clip): skipped: cannot load the pretrained text encoder 'openai/clip-vit-base-patch32'" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["text_verdict"] == {} and results["notes"][0].startswith("text (clip) skipped")
+
+
+def test_text_verdicts_judge_pretrained_encoders_and_report_the_course_one(bench):
+    rows = [{"name": "a", "encoder": "course", "split": "heldout", "class_accuracy": 0.6},
+            {"name": "b", "encoder": "course", "split": "heldout", "class_accuracy": 0.7},
+            {"name": "c", "encoder": "course", "split": "train", "class_accuracy": 0.99},
+            {"name": "d", "encoder": "clip", "split": "heldout", "class_accuracy": 0.92}]
+    verdict = bench.text_verdicts(rows)
+    assert verdict["course"] == {"best": "b", "class_accuracy": 0.7, "goal_applies": False, "goal_met": False}
+    assert verdict["clip"]["goal_applies"] and verdict["clip"]["goal_met"]
+
+
 def test_balanced_labels_give_every_class_equally_often(bench):
     labels = bench.balanced_labels(1000, 10)
     assert torch.equal(torch.bincount(labels), torch.full((10,), 100))
@@ -121,6 +174,8 @@ def test_quick_mode_shrinks_every_budget(bench):
     full = bench.parse_args([])
     assert (full.minutes, full.num_samples, full.sampler, full.steps) == (15.0, 1000, "dpm-solver++", 20)
     assert full.scales == [0.0, 1.0, 2.0, 3.0, 5.0]
+    assert full.text_encoders == ["course", "clip"] and full.text_scales == [1.0, 3.0, 5.0]
+    assert args.text_scales == [1.0]
 
 
 def test_bad_input_exits_2_before_any_training(bench, checkpoints, tmp_path, capsys):
@@ -134,6 +189,9 @@ def test_bad_input_exits_2_before_any_training(bench, checkpoints, tmp_path, cap
         (["--out", str(occupied)], "exists: reuse it with --checkpoint"),
         (["--checkpoint", str(checkpoints[1]), "--uncond-checkpoint", str(checkpoints[1])],
          "trained with conditioning 'none', this role needs 'class'"),
+        (["--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]),
+          "--text-checkpoint", str(checkpoints[0])], "trained with conditioning 'class', this role needs 'text'"),
+        (["--text-scales", "-1"], "guidance scales must be numbers >= 0"),
     ]
     for args, message in cases:
         assert bench.main([*args, "--out", str(tmp_path / "o")] if "--out" not in args else args) == 2

@@ -323,6 +323,10 @@ def test_evaluate_prompts_asks_every_class_in_unseen_words(tmp_path, monkeypatch
     trained = TM.evaluate_prompts(pipe, samples_per_class=1, steps=2, split="train", extractor=_Judge(1),
                                   report=False)
     assert trained["unknown_word_fraction"] == 0.0 and trained["prompts"][9][0] == "an ankle boot"
+    assert "images" not in trained
+    kept = TM.evaluate_prompts(pipe, samples_per_class=1, steps=2, extractor=_Judge(1), report=False,
+                               keep_images=True)
+    assert kept["images"].shape == (10, *pipe.image_shape) and kept["labels"].tolist() == list(range(10))
     # with the full report: evaluate_images' numbers, on the judge's features
     import diffusion_course.features as features
 
