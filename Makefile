@@ -26,7 +26,7 @@ help:
 	@echo "make notebooks   regenerate the student notebooks/ from solutions/"
 	@echo "make strip       remove outputs and widget state from solutions/"
 	@echo "make lint        ruff"
-	@echo "make gpu-check   on a CUDA machine: GPU tests, notebook 03's GPU section, images/s and MFU"
+	@echo "make gpu-check   on a CUDA machine: GPU tests, notebooks 03/05's GPU sections, images/s and MFU"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

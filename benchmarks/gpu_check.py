@@ -1,4 +1,4 @@
-"""GPU readiness in one command: the course's CUDA paths, tested and timed in under 6 minutes.
+"""GPU readiness in one command: the course's CUDA paths, tested and timed in under 7 minutes.
 
 On a CUDA machine, from the repository root (nothing to install: the package is found
 through ``PYTHONPATH``; no network is needed)::
@@ -8,7 +8,7 @@ through ``PYTHONPATH``; no network is needed)::
 
 Without a CUDA GPU it prints ``no CUDA GPU: nothing to check`` and exits 0.
 
-It runs five parts, each in its own process with a hard time limit (a hung compile or a
+It runs six parts, each in its own process with a hard time limit (a hung compile or a
 crashed CUDA context cannot take the others down), and prints one PASS / FAIL / SKIP line
 per part with the error:
 
@@ -25,7 +25,9 @@ per part with the error:
    (its code cell tagged ``gpu``) in fast mode, after the import lines of the cells before
    it. CIFAR-10 comes from ``--cifar-archive`` (``cifar10-jpg.tar.gz``), unpacked into the
    data root on first use. The sample grid is saved to ``--out``.
-5. ``compiled``: part 3's bare-model measurement with ``torch.compile`` (default mode),
+5. ``notebook-05``: notebook 05's GPU cell the same way: a class-conditional CIFAR-10 model
+   trained for 100 steps, then 40 samples with classifier-free guidance at w = 1 and 3.
+6. ``compiled``: part 3's bare-model measurement with ``torch.compile`` (default mode),
    timed after the compiling warm-up steps.
 
 At the end: a summary table and a ready-to-paste README row. ``--out`` receives the whole
@@ -33,8 +35,8 @@ log (``gpu_check.log``), the results as JSON (``results.json``, rewritten after 
 part, so a killed run still leaves what it measured), pytest's JUnit XML and the notebook's
 sample grid. Exit code 0 when no part failed, 1 when one did, 2 on bad flags.
 
-Expected time on one H100: about 3-4 minutes (most of it compiling); ``--budget`` (default
-330 s) bounds the whole run and each part has its own limit on top.
+Expected time on one H100: about 4-5 minutes (most of it compiling); ``--budget`` (default
+420 s) bounds the whole run and each part has its own limit on top.
 
 Rehearsal without a GPU (maintainers, before a GPU run): ``--force-cpu`` runs every part on
 the CPU with the ``tiny`` U-Net, small batches, ``torch.compile``'s ``aot_eager`` backend
@@ -68,6 +70,7 @@ if str(REPO_ROOT) not in sys.path:  # the GPU machine runs from a plain checkout
 
 NO_CUDA_LINE = "no CUDA GPU: nothing to check"
 NOTEBOOK = REPO_ROOT / "solutions" / "03_training" / "03_training.ipynb"
+NOTEBOOK_05 = REPO_ROOT / "solutions" / "05_conditioning" / "05_conditioning.ipynb"
 GPU_TAG = "gpu"
 """Cell tag that marks the notebook's GPU section."""
 GPU_TESTS = "tests/test_gpu.py"
@@ -90,6 +93,7 @@ PARTS = (
     Part("unit-tests", 150, 300, f"pytest {GPU_TESTS}"),
     Part("throughput", 120, 600, f"{PRESET} training images/s, bf16 + channels_last, bare model and Trainer"),
     Part("notebook-03", 150, 600, "notebook 03, section 7 (On a GPU), fast mode"),
+    Part("notebook-05", 150, 600, "notebook 05, class-conditional CIFAR-10 with guidance (GPU section), fast mode"),
     Part("compiled", 240, 600, f"{PRESET} training images/s with torch.compile"),
 )
 PART_NAMES = tuple(p.name for p in PARTS)
@@ -104,6 +108,14 @@ CPU_REWRITES = (
     ("batch_size=128", "batch_size=8"),
     ("preview(count=16)", "preview(count=2)"),
 )
+CPU_REWRITES_05 = (  # the same for notebook 05's GPU cell
+    ("torch.cuda.is_available()", "True"),
+    ('"cuda"', '"cpu"'),
+    ('"ddpm-cifar10"', '"tiny"'),
+    ('precision="bf16"', 'precision="fp32"'),
+    ("batch_size=128", "batch_size=8"),
+    ("max_steps=pick(None, 100)", "max_steps=pick(None, 10)"),
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cifar-archive", default=None,
                    help="the course's cifar10-jpg.tar.gz, for the notebook part (default: the data layer's search)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds for the whole run (default 330; 3600 for a --force-cpu dry run)")
+                   help="seconds for the whole run (default 420; 3600 for a --force-cpu dry run)")
     p.add_argument("--only", default=None, help=f"comma-separated parts to run (default all: {','.join(PART_NAMES)})")
     p.add_argument("--batch-size", type=int, default=128, help=f"{PRESET} batch for the throughput parts")
     p.add_argument("--steps", type=int, default=30, help="timed steps for the throughput parts")
@@ -145,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problems:
         p.error("; ".join(problems))  # exits with code 2
     if args.budget is None:
-        args.budget = 3600.0 if args.force_cpu else 330.0
+        args.budget = 3600.0 if args.force_cpu else 420.0
     return args
 
 
@@ -407,6 +419,7 @@ def readme_row(report: dict) -> str:
     compiled = _part(report, "compiled").get("data", {}).get("compiled")
     tests = _part(report, "unit-tests")
     notebook = _part(report, "notebook-03")
+    notebook_05 = _part(report, "notebook-05")
     eager = speed.get("eager")
     bits = [f"{env.get('device_name', '?')}, torch {env.get('torch', '?')} (CUDA {env.get('cuda', '?')})"]
     shape = eager or {}
@@ -423,7 +436,9 @@ def readme_row(report: dict) -> str:
         bits.append(f"GPU unit tests: {tests.get('summary') or tests.get('status')}")
     if notebook:
         bits.append(f"notebook 03 GPU section: {notebook.get('status')}")
-    return ("| `benchmarks/gpu_check.py` | GPU readiness: GPU unit tests, notebook 03's GPU section, "
+    if notebook_05:
+        bits.append(f"notebook 05 GPU section: {notebook_05.get('status')}")
+    return ("| `benchmarks/gpu_check.py` | GPU readiness: GPU unit tests, the GPU sections of notebooks 03 and 05, "
             f"`{PRESET}` training images/s and MFU with and without torch.compile | " + "; ".join(bits) + " |")
 
 
@@ -718,9 +733,10 @@ def notebook_gpu_section(path: Path = NOTEBOOK) -> tuple[str, str]:
     return "\n".join(imports) + "\n", _strip_magics("".join(code[tagged[0]]["source"])) + "\n"
 
 
-def cpu_rewrite(cell: str) -> str:
-    """The GPU cell made to run on the CPU for the dry run (:data:`CPU_REWRITES`, all must match)."""
-    for old, new in CPU_REWRITES:
+def cpu_rewrite(cell: str, rewrites: tuple[tuple[str, str], ...] = CPU_REWRITES) -> str:
+    """The GPU cell made to run on the CPU for the dry run (``rewrites``, default :data:`CPU_REWRITES`;
+    all must match)."""
+    for old, new in rewrites:
         if old not in cell:
             raise ValueError(f"dry run: the GPU cell no longer contains {old!r}; update CPU_REWRITES")
         cell = cell.replace(old, new)
@@ -739,7 +755,10 @@ def _local_cifar10() -> str | None:
     return str(archive) if archive else None
 
 
-def part_notebook(args: argparse.Namespace, result: Result) -> str:
+def _run_gpu_cell(args: argparse.Namespace, result: Result, path: Path, rewrites: tuple,
+                  figure_prefix: str) -> tuple[dict, list[str]] | None:
+    """Run ``path``'s ``gpu`` cell in fast mode after the imports before it, on local CIFAR-10 (see
+    :func:`part_notebook`); returns ``(namespace, saved figure paths)``, or None with the error set."""
     os.environ["DIFFUSION_COURSE_FAST"] = "1"
     os.environ.setdefault("MPLBACKEND", "Agg")
     from diffusion_course.data import CIFAR10_JPG_ENV
@@ -748,22 +767,22 @@ def part_notebook(args: argparse.Namespace, result: Result) -> str:
         archive = Path(args.cifar_archive)
         if not archive.is_file():
             result.set(error=f"--cifar-archive {archive} does not exist; copy cifar10-jpg.tar.gz there")
-            return FAIL
+            return None
         os.environ[CIFAR10_JPG_ENV] = str(archive)  # the data layer unpacks it into its data root
     found = _local_cifar10()
     if found is None:
         result.set(error="no local CIFAR-10 and no network to download it: "
                          "pass --cifar-archive path/to/cifar10-jpg.tar.gz")
-        return FAIL
+        return None
     say(f"CIFAR-10 from {found}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    setup, cell = notebook_gpu_section()
+    setup, cell = notebook_gpu_section(path)
     if args.force_cpu:
-        cell = cpu_rewrite(cell)
+        cell = cpu_rewrite(cell, rewrites)
     say(f"running {len(setup.splitlines())} import lines of the cells before it, then the cell "
         f"({len(cell.splitlines())} lines) with DIFFUSION_COURSE_FAST=1")
     namespace: dict = {"__name__": "__main__"}
@@ -771,16 +790,25 @@ def part_notebook(args: argparse.Namespace, result: Result) -> str:
     with tempfile.TemporaryDirectory() as work:
         os.chdir(work)  # relative paths the cell writes land in a throw-away folder
         try:
-            exec(compile(setup, f"{NOTEBOOK.name} (imports)", "exec"), namespace)
-            exec(compile(cell, f"{NOTEBOOK.name} (GPU cell)", "exec"), namespace)
+            exec(compile(setup, f"{path.name} (imports)", "exec"), namespace)
+            exec(compile(cell, f"{path.name} (GPU cell)", "exec"), namespace)
         finally:
             os.chdir(here)
     figures = []
     for number in plt.get_fignums():
-        path = Path(args.out) / f"notebook-03-figure-{number}.png"
-        plt.figure(number).savefig(path, dpi=80)
-        figures.append(str(path))
+        target = Path(args.out) / f"{figure_prefix}-figure-{number}.png"
+        plt.figure(number).savefig(target, dpi=80)
+        figures.append(str(target))
     plt.close("all")
+    return namespace, figures
+
+
+def part_notebook(args: argparse.Namespace, result: Result) -> str:
+    """Notebook 03's GPU section: ``ddpm-cifar10`` trained by the Trainer on CIFAR-10, a preview."""
+    ran = _run_gpu_cell(args, result, NOTEBOOK, CPU_REWRITES, "notebook-03")
+    if ran is None:
+        return FAIL
+    namespace, figures = ran
     run = namespace.get("gpu_result")
     if run is None:
         result.set(error="the cell did not train (no gpu_result): did it take its no-GPU branch?")
@@ -795,11 +823,34 @@ def part_notebook(args: argparse.Namespace, result: Result) -> str:
     return PASS
 
 
+def part_notebook_05(args: argparse.Namespace, result: Result) -> str:
+    """Notebook 05's GPU section: a class-conditional CIFAR-10 model, sampled with guidance 1 and 3."""
+    ran = _run_gpu_cell(args, result, NOTEBOOK_05, CPU_REWRITES_05, "notebook-05")
+    if ran is None:
+        return FAIL
+    namespace, figures = ran
+    pipe, images = namespace.get("cifar_pipe"), namespace.get("cifar_images")
+    if pipe is None or images is None:
+        result.set(error="the cell did not train and sample (no cifar_pipe / cifar_images): "
+                         "did it take its no-GPU branch?")
+        return FAIL
+    step = (pipe.checkpoint or {}).get("step")
+    data = {"step": step, "images": list(images.shape), "finite": bool(images.isfinite().all()),
+            "classes": list(pipe.class_names or []), "figures": figures}
+    result.set(data=data, summary=f"{step} steps, {images.shape[0]} guided samples "
+                                  f"{tuple(images.shape[1:])}, {len(figures)} figure(s) saved")
+    if not step or not data["finite"] or images.shape[0] != 40 or len(data["classes"]) != 10:
+        result.set(error="expected a trained 10-class model and 40 finite samples (20 at w = 1, 20 at w = 3)")
+        return FAIL
+    return PASS
+
+
 CHILD_PARTS = {
     "environment": part_environment,
     "unit-tests": part_unit_tests,
     "throughput": part_throughput,
     "notebook-03": part_notebook,
+    "notebook-05": part_notebook_05,
     "compiled": part_compiled,
 }
 

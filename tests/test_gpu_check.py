@@ -61,13 +61,15 @@ def test_a_failing_part_is_reported_and_fails_the_run(tmp_path):
     """End to end through a child process: the notebook part fails at once on a missing
     archive; the error reaches the status line, the table, the log and the JSON, and exit code 1."""
     out = tmp_path / "out"
-    proc = _run("--force-cpu", "--only", "notebook-03", "--cifar-archive", str(tmp_path / "missing.tar.gz"),
-                "--out", str(out), cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    proc = _run("--force-cpu", "--only", "notebook-03,notebook-05", "--cifar-archive",
+                str(tmp_path / "missing.tar.gz"), "--out", str(out), cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""},
+                timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL  notebook-03" in proc.stdout and "missing.tar.gz does not exist" in proc.stdout
-    assert "== summary ==" in proc.stdout and "FAILED: notebook-03" in proc.stdout
+    assert "FAIL  notebook-05" in proc.stdout
+    assert "== summary ==" in proc.stdout and "FAILED: notebook-03, notebook-05" in proc.stdout
     report = json.loads((out / "results.json").read_text())
-    assert [(p["name"], p["status"]) for p in report["parts"]] == [("notebook-03", "FAIL")]
+    assert [(p["name"], p["status"]) for p in report["parts"]] == [("notebook-03", "FAIL"), ("notebook-05", "FAIL")]
     assert "missing.tar.gz does not exist" in report["parts"][0]["error"]
     assert report["exit_code"] == 1 and report["mode"] == "force-cpu"
     assert proc.stdout.strip() in (out / "gpu_check.log").read_text().strip()
@@ -137,6 +139,21 @@ def test_the_dry_run_rewrites_all_apply_to_the_gpu_cell():
         gpu_check.cpu_rewrite(cell.replace('"ddpm-cifar10"', '"other"'))
 
 
+def test_notebook_05s_gpu_cell_needs_only_the_imports_before_it_and_its_rewrites_apply():
+    setup, cell = gpu_check.notebook_gpu_section(gpu_check.NOTEBOOK_05)
+    setup_tree, cell_tree = ast.parse(setup), ast.parse(cell)
+    used = {n.id for n in ast.walk(cell_tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    missing = used - _bound_names(setup_tree) - _bound_names(cell_tree) - set(dir(builtins))
+    assert not missing, f"notebook 05's GPU cell uses names no import before it defines: {missing}"
+    # what the part judges: a class-conditional model and guided samples under these names
+    assert 'conditioning="class"' in cell and "cifar_pipe =" in cell and "cifar_images =" in cell
+    cpu = gpu_check.cpu_rewrite(cell, gpu_check.CPU_REWRITES_05)
+    ast.parse(cpu)
+    assert '"cuda"' not in cpu and "torch.cuda" not in cpu and '"tiny"' in cpu and '"bf16"' not in cpu
+    with pytest.raises(ValueError, match="no longer contains"):
+        gpu_check.cpu_rewrite(cell.replace('"ddpm-cifar10"', '"other"'), gpu_check.CPU_REWRITES_05)
+
+
 def test_a_notebook_without_exactly_one_gpu_cell_is_an_error(tmp_path):
     notebook = {"cells": [{"cell_type": "code", "metadata": {}, "source": ["import torch\n"]}]}
     path = tmp_path / "nb.ipynb"
@@ -161,6 +178,7 @@ def test_summary_and_readme_row_from_a_report():
             "eager": {"images_per_second": 2000.0, "mfu": 0.2, "batch": 128},
             "trainer": {"images_per_second": 1800.0, "fraction_of_bare": 0.9}}},
         {"name": "notebook-03", "status": "FAIL", "seconds": 3, "summary": "", "error": "boom\ntraceback", "data": {}},
+        {"name": "notebook-05", "status": "PASS", "seconds": 40, "summary": "100 steps", "data": {}},
         {"name": "compiled", "status": "PASS", "seconds": 90, "summary": "compiled", "data": {
             "compiled": {"images_per_second": 3000.0, "mfu": 0.3, "batch": 128, "warmup_seconds": 80.0}}},
     ]}
@@ -171,6 +189,7 @@ def test_summary_and_readme_row_from_a_report():
     assert "**2,000 img/s, MFU 20.0 %** eager" in row
     assert "**3,000 img/s, MFU 30.0 %** with torch.compile (compiling 80 s, 1.50x eager)" in row
     assert "Trainer 1,800 img/s (0.90x the bare model)" in row and "notebook 03 GPU section: FAIL" in row
+    assert "notebook 05 GPU section: PASS" in row
 
 
 def test_makefile_runs_it_without_setting_up_a_venv():
