@@ -20,7 +20,6 @@ cached next to the classifier, keyed by the same fingerprint.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from .classifier import (
     save_classifier,
     train_classifier,
 )
+from .runtime import note
 
 EXTRACTORS = ("classifier", "inception")
 
@@ -151,13 +151,13 @@ def course_classifier(
         return ClassifierFeatures(model.to(device), dataset, trained_on, state["test_accuracy"])
     if not train:
         raise FeatureUnavailable(f"no trained classifier for {dataset} at {path}; run with train=True once")
-    _say(f"training the course's {dataset} classifier once (cached in {path.parent}) ...")
+    note(f"training the course's {dataset} classifier once (cached in {path.parent}) ...")
     model = train_classifier(images, labels, recipe, out=path.parent / f"run-{dataset}-{trained_on}",
                              device=device, progress=progress)
     test_images, test_labels = load_tensors(dataset, train=False, progress=progress)
     test_acc = accuracy(model, test_images, test_labels)
     save_classifier(model, path, trained_on=trained_on, test_accuracy=test_acc)
-    _say(f"{dataset} classifier: test accuracy {test_acc:.2%}")
+    note(f"{dataset} classifier: test accuracy {test_acc:.2%}")
     return ClassifierFeatures(model, dataset, trained_on, test_acc)
 
 
@@ -172,7 +172,7 @@ def get_extractor(
         try:
             return InceptionFeatures(device)
         except FeatureUnavailable as err:
-            _say(f"note: {err}; using the course classifier's features instead (not comparable with published FIDs)")
+            note(f"note: {err}; using the course classifier's features instead (not comparable with published FIDs)")
     return course_classifier(dataset, device=device, **kwargs)
 
 
@@ -216,10 +216,6 @@ def nearest_neighbours(
         dists.append(best.sqrt())
         idxs.append(idx)
     return torch.cat(dists), torch.cat(idxs)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 __all__ = [

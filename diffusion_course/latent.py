@@ -27,7 +27,6 @@ The recipe, in the order it runs:
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from .autoencoder import (
     train_autoencoder,
 )
 from .diffusion import LatentConfig
+from .runtime import note
 
 
 class AutoencoderUnavailable(RuntimeError):
@@ -172,7 +172,7 @@ def course_autoencoder(
         return LatentSpace(model.to(device), float(state["scaling_factor"]), key)
     if not train:
         raise AutoencoderUnavailable(f"no trained autoencoder for these images at {path}; train it once first")
-    _say(f"training the {recipe.dataset} autoencoder once ({recipe.epochs:g} epochs; cached in {path.parent}) ...")
+    note(f"training the {recipe.dataset} autoencoder once ({recipe.epochs:g} epochs; cached in {path.parent}) ...")
     model = train_autoencoder(images, labels, recipe, out=path.parent / f"run-{key}", device=device, progress=progress)
     latents = encode_images(model, images)
     scale = latent_scaling_factor(latents)
@@ -180,7 +180,7 @@ def course_autoencoder(
     _save_latents(latents * scale, space, _latents_path(space, images, labels, root))
     errors = reconstruction_error(model, images[: min(2000, images.shape[0])])
     save_autoencoder(model, path, key=key, scaling_factor=scale, train_reconstruction=errors)
-    _say(f"{recipe.dataset} autoencoder: latents {tuple(model.config.latent_shape)}, scaling factor {scale:.4f}, "
+    note(f"{recipe.dataset} autoencoder: latents {tuple(model.config.latent_shape)}, scaling factor {scale:.4f}, "
          f"training-image PSNR {errors['psnr']:.1f} dB")
     return space
 
@@ -285,10 +285,6 @@ def latent_training_data(config, source, stats: dict, *, state: dict | None = No
     stats = {**stats, "latent": {"shape": list(space.shape), "scaling_factor": space.scaling_factor,
                                  "autoencoder": space.key, "std": float(latents.std())}}
     return (latents.to(images.device), labels), stats, space
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -32,6 +33,12 @@ def fast_mode() -> bool:
 def pick(full, fast):
     """Return ``fast`` in fast mode and ``full`` otherwise (e.g. ``steps = pick(2000, 30)``)."""
     return fast if fast_mode() else full
+
+
+def note(message: str) -> None:
+    """Print a one-line progress note on stderr ("training the classifier once ..."): it shows in a
+    notebook and a terminal, and stays out of stdout, which scripts and tests may read."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def get_device(name: str = "auto") -> torch.device:
