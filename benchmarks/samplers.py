@@ -32,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -45,11 +46,14 @@ from diffusion_course.runtime import get_device
 from diffusion_course.sampler_comparison import (
     DEFAULT_CONFIGS,
     RESULTS_FILE,
+    SamplerRow,
+    SeedSpread,
     compare_samplers,
     format_table,
     goal_verdicts,
     parse_configs,
     results_record,
+    seed_spread,
 )
 from diffusion_course.unet import UNet
 from diffusion_course.viz import save_image_grid
@@ -77,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny model trained for 20 steps, 32 images, 500 real, a quick classifier, "
                         f"settings {QUICK_CONFIGS}")
+    p.add_argument("--noise-seeds", type=int, default=3,
+                   help="draw DPM-Solver++-20 (or the fastest row) again with this many other seeds, to show how "
+                        "much FID moves with the seed alone (default 3; 0 skips)")
     p.add_argument("--skip-throughput", action="store_true", help="skip the CPU throughput measurement")
     p.add_argument("--throughput-count", type=int, default=64)
     p.add_argument("--throughput-steps", type=int, default=20)
@@ -92,7 +99,47 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(str(err))
     if args.num_samples < 4 or (args.real is not None and args.real < 4):
         p.error("--num-samples and --real must be at least 4 (a covariance needs samples)")
+    if args.noise_seeds < 0:
+        p.error("--noise-seeds must be 0 or more")
+    if args.quick:
+        args.noise_seeds = min(args.noise_seeds, 1)
     return args
+
+
+class RowCache:
+    """Rows measured earlier for the same checkpoint and settings, one JSON file each in ``folder``:
+    a run stopped during DDPM-1000 (about 20 minutes on a CPU) keeps every row it finished."""
+
+    def __init__(self, folder: Path, key: dict) -> None:
+        self.folder, self.key = folder, key
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _read(self, name: str):
+        path = self.folder / f"{name}.json"
+        if not path.is_file():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return saved["value"] if saved.get("key") == self.key else None
+
+    def _write(self, name: str, value: dict) -> None:
+        (self.folder / f"{name}.json").write_text(json.dumps({"key": self.key, "value": value}, indent=2) + "\n")
+
+    def row(self, name: str) -> SamplerRow | None:
+        value = self._read(name)
+        return None if value is None else SamplerRow(**value)
+
+    def save_row(self, row: SamplerRow) -> None:
+        self._write(row.name, asdict(row))
+
+    def spread(self, name: str, seeds: list[int]) -> SeedSpread | None:
+        value = self._read(f"seed-noise-{name}")
+        return SeedSpread(**value) if value is not None and value["seeds"] == seeds else None
+
+    def save_spread(self, spread: SeedSpread) -> None:
+        self._write(f"seed-noise-{spread.sampler}-{spread.steps}", asdict(spread))
 
 
 def get_checkpoint(args) -> Path:
@@ -165,13 +212,39 @@ def main(argv=None) -> int:
         print(f"  {row.name:<18} {row.seconds:8.1f} s  {row.images_per_s:8.1f} img/s  FID {row.fid:8.3f}  "
               f"KID {row.kid:.5f}", flush=True)
 
-    rows, kept = compare_samplers(pipe, args.configs, num_samples=args.num_samples, dataset=dataset,
-                                  extractor=extractor, real_limit=args.real, seed=args.seed,
-                                  batch_size=args.batch_size, on_row=show, keep_images=64)
+    cache = RowCache(args.out / "rows", {
+        "checkpoint": str(Path(checkpoint).resolve()), "step": (pipe.checkpoint or {}).get("step"),
+        "num_samples": args.num_samples, "real": args.real, "seed": args.seed, "features": extractor.key,
+        "device": str(device)})
+    done = {f"{s}-{n}": cache.row(f"{s}-{n}") for s, n in args.configs}
+    for row in filter(None, done.values()):
+        print(f"  {row.name:<18} measured before (kept in {cache.folder})", flush=True)
+        show(row)
+
+    def measured(row):
+        cache.save_row(row)
+        show(row)
+
+    todo = [(s, n) for s, n in args.configs if done[f"{s}-{n}"] is None]
+    new, kept = compare_samplers(pipe, todo, num_samples=args.num_samples, dataset=dataset,
+                                 extractor=extractor, real_limit=args.real, seed=args.seed,
+                                 batch_size=args.batch_size, on_row=measured, keep_images=64)
     for name, images in kept.items():
         save_image_grid(images, args.out / f"samples_{name}.png", nrow=8)
-    verdicts = goal_verdicts(rows)
-    print("\n" + format_table(rows, verdicts))
+    fresh = {r.name: r for r in new}
+    rows = [done[f"{s}-{n}"] or fresh[f"{s}-{n}"] for s, n in args.configs]
+    spread = None
+    if args.noise_seeds:
+        noisy = next((r for r in rows if r.name == "dpm-solver++-20"), None) or min(rows, key=lambda r: r.seconds)
+        seeds = [args.seed + k for k in range(1, args.noise_seeds + 1)]
+        spread = cache.spread(noisy.name, [args.seed, *seeds])
+        if spread is None:
+            print(f"seed noise: {noisy.name} again with seeds {seeds} ...", flush=True)
+            spread = seed_spread(pipe, noisy, seeds, row_seed=args.seed, dataset=dataset, extractor=extractor,
+                                 real_limit=args.real, batch_size=args.batch_size)
+            cache.save_spread(spread)
+    verdicts = goal_verdicts(rows, spread=spread)
+    print("\n" + format_table(rows, verdicts, spread))
     print("(FID/KID on the course classifier's features: comparable within this table, "
           "not with published Inception FIDs)")
 
@@ -184,7 +257,7 @@ def main(argv=None) -> int:
               f"(goal: under {THROUGHPUT_GOAL_S:g} s on a 2-core laptop CPU)")
 
     record = results_record(
-        rows, verdicts, checkpoint=str(checkpoint), checkpoint_step=(pipe.checkpoint or {}).get("step"),
+        rows, verdicts, spread, checkpoint=str(checkpoint), checkpoint_step=(pipe.checkpoint or {}).get("step"),
         model=(pipe.checkpoint or {}).get("config", {}).get("model"), schedule=pipe.diffusion.schedule,
         dataset=dataset, num_samples=args.num_samples, num_real=args.real, features=extractor.key,
         device=str(device), seed=args.seed, quick=args.quick, throughput=throughput,

@@ -98,6 +98,43 @@ def test_a_toy_run_prints_the_table_and_writes_results(checkpoint, offline_featu
     published = tmp_path / "repo" / "benchmarks" / "results" / "samplers.json"
     assert json.loads(published.read_text()) == record
     assert offline_features[0][0] == "fashion-mnist" and offline_features[0][1]["recipe"] is None
+    # the seed noise: the fastest row (no dpm-solver++-20 here) again with seeds 1, 2, 3
+    noise = record["seed_noise"]
+    fastest = min(record["rows"], key=lambda r: r["seconds"])
+    assert (noise["sampler"], noise["steps"]) == (fastest["sampler"], fastest["steps"])
+    assert noise["seeds"] == [0, 1, 2, 3] and noise["fids"][0] == fastest["fid"] and len(noise["fids"]) == 4
+    assert "seed noise:" in printed and f"std {noise['std']:.3f}" in printed
+
+
+def test_a_rerun_keeps_the_rows_it_measured_and_measures_only_the_rest(checkpoint, offline_features, tmp_path,
+                                                                       monkeypatch, capsys):
+    out = tmp_path / "out"
+    common = ["--checkpoint", str(checkpoint), "--num-samples", "6", "--real", "16", "--batch-size", "4",
+              "--device", "cpu", "--skip-throughput", "--noise-seeds", "1", "--out", str(out)]
+    assert bench.main([*common, "--configs", "ddim:2"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    real_compare = bench.compare_samplers
+    asked = []
+
+    def compare(pipe, configs, **kwargs):
+        asked.append(list(configs))
+        return real_compare(pipe, configs, **kwargs)
+
+    monkeypatch.setattr(bench, "compare_samplers", compare)
+    monkeypatch.setattr(bench, "seed_spread", lambda *a, **k: pytest.fail("the seed noise was measured already"))
+    capsys.readouterr()
+    assert bench.main([*common, "--configs", "ddim:2,ddpm:3"]) == 0
+    assert asked == [[("ddpm", 3)]]  # ddim-2 is kept from the first run
+    assert "ddim-2             measured before" in capsys.readouterr().out
+    second = json.loads((out / "results.json").read_text())
+    assert second["rows"][0] == first["rows"][0] and [r["steps"] for r in second["rows"]] == [2, 3]
+    assert second["seed_noise"] == first["seed_noise"]
+    # other settings (here: more samples) make the kept rows stale: everything is measured again
+    asked.clear()
+    monkeypatch.setattr(bench, "seed_spread", lambda pipe, row, seeds, **k: bench.SeedSpread(
+        row.sampler, row.steps, row.num_samples, [0, *seeds], [row.fid] * (1 + len(seeds))))
+    assert bench.main([*common[:2], "--num-samples", "8", *common[4:], "--configs", "ddim:2"]) == 0
+    assert asked == [[("ddim", 2)]]
 
 
 def test_bad_checkpoints_and_too_many_steps_exit_2(checkpoint, offline_features, tmp_path, capsys):

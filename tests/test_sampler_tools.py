@@ -152,6 +152,25 @@ def test_goal_verdicts_compare_with_the_longest_ddpm_run():
     assert "not measured" in sampler_comparison.format_table(rows[2:], missing)
 
 
+def test_a_gap_inside_the_seed_noise_decides_nothing():
+    rows = [_row("ddpm", 1000, 1000.0, 1.0), _row("ddim", 50, 10.0, 1.3), _row("dpm-solver++", 20, 5.0, 1.6)]
+    spread = sampler_comparison.SeedSpread("dpm-solver++", 20, 100, [0, 1, 2], [1.6, 1.4, 1.8])
+    assert spread.mean == pytest.approx(1.6) and spread.std == pytest.approx(0.2)
+    ddim, dpm = sampler_comparison.goal_verdicts(rows, spread=spread)
+    band = 2 * 2 ** 0.5 * 0.2  # two one-seed FIDs differ by sqrt(2) std; 2 of those: a 95 % band (0.566)
+    assert ddim["passed"] is False and ddim["within_noise"] is True and ddim["noise_band"] == pytest.approx(band)
+    assert dpm["passed"] is False and dpm["within_noise"] is False and dpm["fid_gap"] == pytest.approx(0.6)
+    table = sampler_comparison.format_table(rows, [ddim, dpm], spread)
+    assert "seed noise: dpm-solver++-20 FID over seeds [0, 1, 2]: 1.600, 1.400, 1.800 (mean 1.600, std 0.200)" in table
+    assert ("FAIL (FID 1.30x ddpm-1000's, 100.0x faster; the FID gap +0.300 is within seed noise (+-0.566): "
+            "not decided at this sample size)") in table
+    assert "FAIL (FID 1.60x ddpm-1000's, 200.0x faster; FID gap +0.600, seed-noise band +-0.566)" in table
+    one_seed = sampler_comparison.SeedSpread("ddim", 50, 100, [0], [1.3])
+    assert one_seed.std == 0.0 and "within_noise" not in sampler_comparison.goal_verdicts(rows, spread=one_seed)[0]
+    record = sampler_comparison.results_record(rows, [ddim, dpm], spread)
+    assert record["seed_noise"]["std"] == pytest.approx(0.2) and record["seed_noise"]["fids"] == [1.6, 1.4, 1.8]
+
+
 def test_results_round_trip_through_json(tmp_path, monkeypatch):
     rows = [_row("ddpm", 10, 2.0, 5.0), _row("ddim", 5, 1.0, 6.0)]
     record = sampler_comparison.results_record(rows, sampler_comparison.goal_verdicts(rows), num_samples=100)
