@@ -266,6 +266,14 @@ def rows_from_record(record: dict) -> list[SamplerRow]:
     return [SamplerRow(**row) for row in record["rows"]]
 
 
+def spread_from_record(record: dict) -> SeedSpread | None:
+    """The :class:`SeedSpread` of a :func:`results_record`, or None if the run measured none."""
+    noise = record.get("seed_noise")
+    if not noise:
+        return None
+    return SeedSpread(noise["sampler"], noise["steps"], noise["num_samples"], list(noise["seeds"]), list(noise["fids"]))
+
+
 def load_results(path: str | Path | None = None) -> dict | None:
     """The committed benchmark record, or None if there is none.
 
@@ -306,5 +314,6 @@ __all__ = [
     "results_record",
     "rows_from_record",
     "seed_spread",
+    "spread_from_record",
     "time_generation",
 ]

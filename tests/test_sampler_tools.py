@@ -169,6 +169,8 @@ def test_a_gap_inside_the_seed_noise_decides_nothing():
     assert one_seed.std == 0.0 and "within_noise" not in sampler_comparison.goal_verdicts(rows, spread=one_seed)[0]
     record = sampler_comparison.results_record(rows, [ddim, dpm], spread)
     assert record["seed_noise"]["std"] == pytest.approx(0.2) and record["seed_noise"]["fids"] == [1.6, 1.4, 1.8]
+    assert sampler_comparison.spread_from_record(json.loads(json.dumps(record))) == spread
+    assert sampler_comparison.spread_from_record(sampler_comparison.results_record(rows, [ddim, dpm])) is None
 
 
 def test_results_round_trip_through_json(tmp_path, monkeypatch):
