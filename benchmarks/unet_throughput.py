@@ -241,8 +241,9 @@ def race(preset: str, size: int, channels: int, args: argparse.Namespace, with_d
         theirs = diffusers_opponent(size, channels, preset)
         entries.append(Timing("diffusers", count_parameters(theirs)))
         steps.append(make_step(theirs, args.batch_size, channels, size, args.channels_last, 1, args.compile))
-    for step in steps:  # warm-up: oneDNN picks its kernels, the allocator fills up, inductor compiles
-        step()
+    for _ in range(3 if args.compile else 1):  # warm-up: oneDNN picks its kernels, the allocator fills
+        for step in steps:  # up; compiled models recompile once or twice more before they settle
+            step()
     for _ in range(args.steps):  # interleaved A B A B, so both see the same machine load
         for entry, step in zip(entries, steps, strict=True):
             wall, cpu = step()
@@ -276,7 +277,7 @@ def time_cpu(args: argparse.Namespace) -> dict[tuple[str, int], float]:
     """Race every ``--models`` preset against its opponent at every ``--sizes``; returns the speed-ups."""
     layout = "channels_last" if args.channels_last else "NCHW"
     print(f"\n== CPU training throughput: batch {args.batch_size}, {args.steps} timed steps per model "
-          f"(+1 warm-up), {torch.get_num_threads()} threads, {layout}"
+          f"(+{3 if args.compile else 1} warm-up), {torch.get_num_threads()} threads, {layout}"
           f"{', torch.compile' if args.compile else ''} ==")
     with_diffusers = not args.no_diffusers
     if with_diffusers:
