@@ -38,6 +38,7 @@ from diffusion_course.classifier import PRESETS, ClassifierRecipe, accuracy
 from diffusion_course.data import DatasetUnavailableError, load_tensors
 from diffusion_course.features import course_classifier
 from diffusion_course.runtime import get_device
+from diffusion_course.unet import count_parameters
 
 GOALS = {"mnist": 0.90, "fashion-mnist": 0.90, "cifar10": 0.75}
 """Test accuracy each dataset's course classifier must reach (the Phase 4 issue)."""
@@ -71,7 +72,7 @@ def measure(dataset: str, args: argparse.Namespace) -> dict:
     test_images, test_labels = load_tensors(dataset, train=False, progress=False)
     measured = accuracy(extractor.model, test_images, test_labels)  # again: a cached file is not trusted blindly
     goal = GOALS[dataset]
-    parameters = sum(p.numel() for p in extractor.model.parameters())
+    parameters = count_parameters(extractor.model)
     return {"dataset": dataset, "test_accuracy": measured, "stored_accuracy": extractor.test_accuracy,
             "goal": goal, "passed": measured >= goal, "parameters": parameters,
             "seconds": seconds, "recipe": asdict(recipe), "widths": list(PRESETS[dataset]["widths"]),
