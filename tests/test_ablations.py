@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def ablations():
-    spec = importlib.util.spec_from_file_location("ablations", REPO / "benchmarks" / "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = load_script("ablations", "ablations")
     yield module
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop("ablations", None)
 
 
 def test_the_grid_varies_one_factor_at_a_time(ablations):

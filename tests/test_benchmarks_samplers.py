@@ -6,14 +6,13 @@ here a 1-step tiny model, 6 samples and an untrained feature extractor exercise 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_script
 
 from diffusion_course import features, pretrained
 from diffusion_course.classifier import ClassifierConfig, ImageClassifier
@@ -26,11 +25,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "samplers.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("samplers_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("samplers")
 
 
 bench = _script()

@@ -3,12 +3,11 @@ whole test split, reported against its goal (the real run's accuracies are print
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -17,11 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "classifiers.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("classifiers_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("classifiers")
 
 
 def test_a_quick_run_trains_tests_and_reports_against_the_goal(bench, tmp_path, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,17 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_check", "gpu_check")
 
 
 gpu_check = _script()

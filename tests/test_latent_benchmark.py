@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_script
 
 from diffusion_course.autoencoder import Autoencoder, autoencoder_config
 from diffusion_course.diffusion import DiffusionConfig
@@ -22,11 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latent.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("latent_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("latent")
 
 
 bench = _script()

@@ -7,7 +7,6 @@ loaded with the same weights and must give the same numbers.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_script
 
 from diffusion_course.unet import (
     PRESETS,
@@ -727,11 +727,7 @@ def test_importing_unet_is_light():
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("unet_throughput", REPO / "benchmarks" / "unet_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("unet_throughput", "unet_throughput")
 
 
 def test_benchmark_runs_in_a_tiny_setting(capsys):
