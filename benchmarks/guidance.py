@@ -33,6 +33,7 @@ Usage::
     python benchmarks/guidance.py --checkpoint runs/benchmarks/guidance/class/checkpoint.pt \\
         --uncond-checkpoint runs/benchmarks/guidance/uncond/checkpoint.pt \\
         --text-checkpoint runs/benchmarks/guidance/text-course/checkpoint.pt    # sweep only
+    python benchmarks/guidance.py --only text        # the text rows alone: one 15-minute training
     python benchmarks/guidance.py --quick            # smoke test of the whole path (minutes)
 
 The numbers are on the course classifier's features (comparable with each other, not with published
@@ -60,6 +61,7 @@ from diffusion_course.sampling import SAMPLERS, sample
 ACCURACY_GOAL = 0.95
 TEXT_ACCURACY_GOAL = 0.90  # unseen phrasings, with a pretrained text encoder
 DATASET = "fashion-mnist"
+NUM_CLASSES = 10  # of DATASET
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,8 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a text-conditioned checkpoint to evaluate instead of training the --text-encoders' models")
     p.add_argument("--text-scales", type=float, nargs="+", default=[1.0, 3.0, 5.0],
                    help="guidance scales for the text rows (default 1 3 5)")
+    p.add_argument("--only", choices=("all", "class", "text"), default="all",
+                   help="class: the guidance sweep alone (no text rows); text: the text rows alone (no class or "
+                        "unconditional model, no sweep); default: both")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets everywhere")
     args = p.parse_args(argv)
+    if args.only == "class":
+        args.text_encoders, args.text_checkpoint = [], None
     if args.quick:
         args.minutes = min(args.minutes, 0.25)
         args.num_samples = min(args.num_samples, 40)
@@ -113,9 +120,11 @@ def check_args(args: argparse.Namespace) -> None:
         if path is not None and not path.is_file():
             raise ValueError(f"{flag} {path}: no such file")
     trained_text = [] if args.text_checkpoint else args.text_encoders
-    for name, flag, given in (("class", "--checkpoint", args.checkpoint),
-                              ("uncond", "--uncond-checkpoint", args.uncond_checkpoint),
-                              *((f"text-{e}", "--text-checkpoint", None) for e in trained_text)):
+    if args.only == "text" and not (trained_text or args.text_checkpoint):
+        raise ValueError("--only text needs a text model: --text-encoders course (the default) or --text-checkpoint")
+    roles = [] if args.only == "text" else [("class", "--checkpoint", args.checkpoint),
+                                            ("uncond", "--uncond-checkpoint", args.uncond_checkpoint)]
+    for name, flag, given in (*roles, *((f"text-{e}", "--text-checkpoint", None) for e in trained_text)):
         existing = args.out / name / CHECKPOINT_NAME
         if given is None and existing.exists():
             raise ValueError(f"{existing} exists: reuse it with {flag} {existing}, or choose another --out "
@@ -295,7 +304,7 @@ def text_verdicts(rows: list[dict]) -> dict:
     return verdict
 
 
-def print_report(rows: list[dict], verdict: dict, training: dict, args, text_verdict: dict | None = None,
+def print_report(rows: list[dict], verdict: dict | None, training: dict, args, text_verdict: dict | None = None,
                  notes: list[str] | None = None) -> None:
     print(f"\n{args.num_samples} samples per row, {args.sampler} {args.steps} steps; features: {rows[0]['features']}")
     print("training: " + "; ".join(f"{k}: {v['steps']} steps in {v['minutes']} min" for k, v in training.items()))
@@ -306,11 +315,12 @@ def print_report(rows: list[dict], verdict: dict, training: dict, args, text_ver
         print(f"{r['name']:<24} | {r['fid']:8.3f} | {r['precision']:9.3f} | {r['recall']:6.3f} | {acc:>9} | "
               f"{r['seconds']:10.1f}")
     ok = {True: "PASS", False: "FAIL"}
-    print(f"\nbest guidance scale: {verdict['best']}")
-    print(f"  class accuracy {100 * verdict['best_class_accuracy']:.1f} % >= {100 * ACCURACY_GOAL:.0f} %: "
-          f"{ok[verdict['accuracy_goal_met']]}")
-    print(f"  FID {verdict['best_fid']:.3f} <= unconditional model's {verdict['uncond_fid']:.3f} at equal "
-          f"training time: {ok[verdict['fid_goal_met']]}")
+    if verdict:
+        print(f"\nbest guidance scale: {verdict['best']}")
+        print(f"  class accuracy {100 * verdict['best_class_accuracy']:.1f} % >= {100 * ACCURACY_GOAL:.0f} %: "
+              f"{ok[verdict['accuracy_goal_met']]}")
+        print(f"  FID {verdict['best_fid']:.3f} <= unconditional model's {verdict['uncond_fid']:.3f} at equal "
+              f"training time: {ok[verdict['fid_goal_met']]}")
     for encoder, v in (text_verdict or {}).items():
         judged = ok[v["goal_met"]] if v["goal_applies"] else "reported (the goal is for a pretrained encoder)"
         print(f"text ({encoder}), unseen words: best {v['best']}: class accuracy {100 * v['class_accuracy']:.1f} % "
@@ -323,28 +333,54 @@ def print_report(rows: list[dict], verdict: dict, training: dict, args, text_ver
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sweep = args.only != "text"
     try:
         check_args(args)
         args.out.mkdir(parents=True, exist_ok=True)
-        class_ckpt = args.checkpoint or train_model("class", "class", args)
-        uncond_ckpt = args.uncond_checkpoint or train_model("uncond", "none", args)
-        pipe, pipe_u = load(class_ckpt, "class"), load(uncond_ckpt, "none")
+        if sweep:
+            class_ckpt = args.checkpoint or train_model("class", "class", args)
+            uncond_ckpt = args.uncond_checkpoint or train_model("uncond", "none", args)
+            pipe, pipe_u = load(class_ckpt, "class"), load(uncond_ckpt, "none")
         if args.text_checkpoint is not None:
             load(args.text_checkpoint, "text")  # a wrong file ends here, not after the sweep
     except ValueError as err:
         print(f"benchmarks/guidance.py: error: {err}", file=sys.stderr)
         return 2
     from diffusion_course.features import course_classifier
+
+    extractor = course_classifier(DATASET, progress=not args.quick)
+    labels = balanced_labels(args.num_samples, NUM_CLASSES)
+    context = {"args": args, "labels": labels, "extractor": extractor, "measure": measure, "notes": []}
+    rows, training, verdict = [], {}, None
+    if sweep:
+        training = {"class": training_record(pipe), "uncond": training_record(pipe_u)}
+        rows, verdict = guidance_sweep(pipe, pipe_u, training, context)
+    rows += text_rows(context)
+    training.update({f"text ({r['encoder']})": r["training"] for r in rows if "encoder" in r})
+    if not rows:
+        print("nothing was measured: every text encoder was skipped (see above)", file=sys.stderr)
+        return 1
+
+    text_verdict = text_verdicts(rows)
+    print_report(rows, verdict, training, args, text_verdict, context["notes"])
+    summary = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "training": training, "rows": rows, "verdict": verdict, "text_verdict": text_verdict,
+               "notes": context["notes"]}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwrote {args.out / 'results.json'} and grid_*.png in {args.out}")
+    return 0
+
+
+def guidance_sweep(pipe: DiffusionPipeline, pipe_u: DiffusionPipeline, training: dict, context: dict):
+    """The class rows: classifier-free guidance at every ``--scales``, the unconditional model, and
+    classifier guidance at ``--classifier-scales``; returns ``(rows, verdict)``."""
     from diffusion_course.guidance import noise_aware_classifier
 
-    training = {"class": training_record(pipe), "uncond": training_record(pipe_u)}
+    args, labels, extractor = context["args"], context["labels"], context["extractor"]
     minutes = [v["minutes"] for v in training.values()]
     if min(minutes) > 0 and max(minutes) / min(minutes) > 1.1:
         print(f"note: the two models trained for {minutes[0]} and {minutes[1]} minutes: not equal training time")
-    extractor = course_classifier(DATASET, progress=not args.quick)
-    labels = balanced_labels(args.num_samples, pipe.num_classes)
     common = dict(sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
-
     rows = []
     for w in args.scales:
         print(f"sampling CFG w={w:g} ...", flush=True)
@@ -362,17 +398,7 @@ def main(argv=None) -> int:
             print(f"sampling classifier guidance s={s:g} ...", flush=True)
             images, seconds = timed(lambda s=s: classifier_guided(pipe_u, classifier, labels, s, args))
             rows.append(measure(f"classifier guid. s={s:g}", images, labels, seconds, extractor, args))
-    context = {"args": args, "labels": labels, "extractor": extractor, "measure": measure, "notes": []}
-    rows += text_rows(context)
-
-    verdict, text_verdict = verdicts(rows, uncond), text_verdicts(rows)
-    print_report(rows, verdict, training, args, text_verdict, context["notes"])
-    summary = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "training": training, "rows": rows, "verdict": verdict, "text_verdict": text_verdict,
-               "notes": context["notes"]}
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nwrote {args.out / 'results.json'} and grid_*.png in {args.out}")
-    return 0
+    return rows, verdicts(rows, uncond)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,12 @@ classifiers (the real run trains for 2 x 15 minutes; its numbers are printed, ne
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_script
 
 from diffusion_course.train import main as train
 
@@ -20,11 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "guidance.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("guidance_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("guidance")
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +113,36 @@ def test_a_text_model_is_asked_in_unseen_words_then_in_its_training_words(bench,
     assert len(list(out.glob("grid_text*.png"))) == 3
 
 
+def test_only_text_measures_the_text_rows_without_the_class_models(bench, checkpoints, stand_ins, tmp_path,
+                                                                     monkeypatch, capsys):
+    monkeypatch.setattr(bench, "train_model", lambda *a, **k: pytest.fail("nothing may train"))
+    out = tmp_path / "out"
+    args = ["--only", "text", "--text-checkpoint", str(checkpoints[2]), "--num-samples", "10", "--steps", "1",
+            "--text-scales", "1", "--real", "16", "--out", str(out)]
+    assert bench.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "CFG" not in printed and "best guidance scale" not in printed and "unconditional" not in printed
+    assert "text (course), unseen words: best" in printed and "text (course): 1 steps" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert [r["split"] for r in results["rows"]] == ["heldout", "train"]
+    assert results["verdict"] is None and set(results["training"]) == {"text (course)"}
+
+
+def test_only_class_skips_the_text_rows(bench, checkpoints, stand_ins, tmp_path, monkeypatch, capsys):
+    from diffusion_course import conditioning
+
+    monkeypatch.setattr(bench, "train_model", lambda *a, **k: pytest.fail("--only class trains no text model"))
+    monkeypatch.setattr(conditioning, "load_pretrained", lambda name: pytest.fail("--only class loads no encoder"))
+    out = tmp_path / "out"
+    args = ["--only", "class", "--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]),
+            "--num-samples", "10", "--steps", "1", "--scales", "1", "--classifier-scales", "--real", "16",
+            "--out", str(out)]
+    assert bench.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == ["CFG w=1", "unconditional model"]
+    assert results["text_verdict"] == {} and results["verdict"]["best"] == "CFG w=1"
+
+
 def test_an_unavailable_pretrained_encoder_is_skipped_in_one_line(bench, checkpoints, stand_ins, tmp_path,
                                                                   monkeypatch, capsys):
     from diffusion_course import conditioning
@@ -192,6 +217,7 @@ def test_bad_input_exits_2_before_any_training(bench, checkpoints, tmp_path, cap
         (["--checkpoint", str(checkpoints[0]), "--uncond-checkpoint", str(checkpoints[1]),
           "--text-checkpoint", str(checkpoints[0])], "trained with conditioning 'class', this role needs 'text'"),
         (["--text-scales", "-1"], "guidance scales must be numbers >= 0"),
+        (["--only", "text", "--text-encoders"], "--only text needs a text model"),
     ]
     for args, message in cases:
         assert bench.main([*args, "--out", str(tmp_path / "o")] if "--out" not in args else args) == 2
