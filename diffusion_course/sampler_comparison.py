@@ -25,7 +25,7 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -271,7 +271,7 @@ def spread_from_record(record: dict) -> SeedSpread | None:
     noise = record.get("seed_noise")
     if not noise:
         return None
-    return SeedSpread(noise["sampler"], noise["steps"], noise["num_samples"], list(noise["seeds"]), list(noise["fids"]))
+    return SeedSpread(**{f.name: noise[f.name] for f in fields(SeedSpread)})  # mean and std are derived
 
 
 def load_results(path: str | Path | None = None) -> dict | None:

@@ -161,6 +161,11 @@ def test_an_unavailable_pretrained_encoder_is_skipped_in_one_line(bench, checkpo
     assert "text (clip): skipped: cannot load the pretrained text encoder 'openai/clip-vit-base-patch32'" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["text_verdict"] == {} and results["notes"][0].startswith("text (clip) skipped")
+    # with nothing else to measure, the run says so and fails instead of writing an empty table
+    args = ["--only", "text", "--text-encoders", "clip", "--num-samples", "10", "--out", str(tmp_path / "none")]
+    assert bench.main(args) == 1
+    assert "nothing was measured: every text encoder was skipped" in capsys.readouterr().err
+    assert not (tmp_path / "none" / "results.json").exists()
 
 
 def test_text_verdicts_judge_pretrained_encoders_and_report_the_course_one(bench):
